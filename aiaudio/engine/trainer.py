@@ -1,0 +1,308 @@
+"""The shared, modality-agnostic trainer.
+
+It trains any module whose ``forward(batch, step)`` returns a dict with a scalar ``"loss"`` (see
+:class:`~aiaudio.methods.pretrainer.ContrastivePretrainer`) on any dataset keyed by ``(index, item_seed)``.
+It owns: device placement, bf16 autocast and channels_last on CUDA, optional ``torch.compile``, DDP under torchrun,
+AdamW with linear warm-up and cosine decay, atomic checkpoints and exact resume, JSONL metrics, a progress bar on
+rank 0, and a stop with a clear message when the loss stops being finite.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from aiaudio.engine.checkpoint import latest_checkpoint, load_training_state, load_weights, save_checkpoint, unwrap
+from aiaudio.engine.distributed import DistInfo
+from aiaudio.engine.metrics import MetricsLog
+from aiaudio.engine.sampling import StepBatchSampler
+from aiaudio.engine.schedule import warmup_cosine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainerConfig:
+    """Optimisation and bookkeeping options shared by every pretraining run.
+
+    ``batch_size`` is the global batch per step, split evenly over ranks.
+    ``precision``: "auto" (bf16 autocast on CUDA, fp32 elsewhere), "bf16" or "fp32".
+    ``channels_last``: "auto" (on CUDA), true or false.
+    """
+
+    steps: int = 1000
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    beta1: float = 0.9
+    beta2: float = 0.999
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 0.0
+    log_every: int = 10
+    ckpt_every: int = 500
+    keep_checkpoints: int = 2
+    precision: str = "auto"
+    channels_last: Any = "auto"
+    compile: bool = False
+    num_workers: int = 4
+    seed: int = 0
+    device: str = "auto"
+    tensorboard: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.steps <= 0 or self.batch_size <= 0:
+            raise ValueError(f"trainer.steps and trainer.batch_size must be positive, got {self.steps}, {self.batch_size}")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"trainer.precision must be auto, bf16 or fp32, got {self.precision!r}")
+        if self.channels_last not in ("auto", True, False):
+            raise ValueError(f"trainer.channels_last must be auto, true or false, got {self.channels_last!r}")
+        if self.log_every <= 0 or self.ckpt_every <= 0:
+            raise ValueError("trainer.log_every and trainer.ckpt_every must be positive")
+
+    def use_bf16(self, device: torch.device) -> bool:
+        return self.precision == "bf16" or (self.precision == "auto" and device.type == "cuda")
+
+    def use_channels_last(self, device: torch.device) -> bool:
+        return self.channels_last is True or (self.channels_last == "auto" and device.type == "cuda")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: normalisation parameters and ordinary biases are not decayed.
+
+    A module may mark its bias as a weight (``bias_is_weight = True``), as the hypernetworks do: their output bias is
+    the base convolution kernel, which is decayed like any kernel.
+    """
+    decay, no_decay = [], []
+    norm_types = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad:
+                continue
+            is_norm = isinstance(module, norm_types)
+            is_plain_bias = name == "bias" and not getattr(module, "bias_is_weight", False)
+            (no_decay if is_norm or is_plain_bias else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+class Trainer:
+    """Runs (or resumes) a training run in ``run_dir``.
+
+    Args:
+        model: module with ``forward(batch, step) -> {"loss": ..., ...}``; unwrapped, on the CPU.
+        dataset: map-style dataset indexed by ``(index, item_seed)`` tuples.
+        config: the trainer options.
+        run_dir: where checkpoints, metrics and the resolved config live.
+        resolved_config: the full run config, saved with every checkpoint and compared on resume.
+        dist_info: this process's rank, world size and device.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        dataset: Dataset,
+        config: TrainerConfig,
+        run_dir: Path,
+        resolved_config: dict[str, Any],
+        dist_info: DistInfo,
+    ) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.resolved_config = resolved_config
+        self.dist = dist_info
+        self.device = dist_info.device
+        self.dataset = dataset
+        self.model = model.to(self.device)
+        if config.use_channels_last(self.device):
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.AdamW(
+            parameter_groups(self.model, config.weight_decay), lr=config.lr, betas=(config.beta1, config.beta2)
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda step: warmup_cosine(step, config.steps, config.warmup_steps, config.min_lr_ratio),
+        )
+        self.start_step = self._resume()
+        if config.compile:
+            method = getattr(self.model, "method", self.model)
+            method.compile()
+        self.train_model: nn.Module = self.model
+        if dist_info.distributed:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = DistributedDataParallel(self.model, device_ids=device_ids)
+
+    def _resume(self) -> int:
+        checkpoint = latest_checkpoint(self.run_dir)
+        if checkpoint is None:
+            return 0
+        state = load_training_state(checkpoint)
+        if state.get("world_size", 1) != self.dist.world_size:
+            log.warning(
+                "resuming %s with %d ranks; it was saved with %d: the data order from here on differs from an "
+                "uninterrupted run",
+                checkpoint, self.dist.world_size, state.get("world_size", 1),
+            )
+        load_weights(self.model, checkpoint / "model.safetensors")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        step = int(state["step"])
+        if self.dist.is_main:
+            log.info("resuming from %s (step %d of %d)", checkpoint, step, self.config.steps)
+        return step
+
+    def _loader(self) -> DataLoader:
+        sampler = StepBatchSampler(
+            len(self.dataset),
+            self.config.batch_size,
+            self.config.steps,
+            self.config.seed,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            start_step=self.start_step,
+        )
+        workers = self.config.num_workers
+        return DataLoader(
+            self.dataset,
+            batch_sampler=sampler,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+            prefetch_factor=4 if workers > 0 else None,
+        )
+
+    def _save(self, step: int) -> Path:
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "world_size": self.dist.world_size,
+        }
+        return save_checkpoint(
+            self.run_dir, step, self.model, self.resolved_config, state, keep=self.config.keep_checkpoints
+        )
+
+    def fit(self) -> dict[str, Any]:
+        """Train to ``config.steps``; returns a summary (steps run, last logged loss, checkpoint path)."""
+        cfg = self.config
+        total = cfg.steps
+        summary: dict[str, Any] = {"start_step": self.start_step, "steps": total, "last_loss": None}
+        if self.start_step >= total:
+            summary["checkpoint"] = str(latest_checkpoint(self.run_dir))
+            return summary
+        metrics = MetricsLog(self.run_dir, self.start_step, enabled=self.dist.is_main, tensorboard=cfg.tensorboard)
+        bf16 = cfg.use_bf16(self.device)
+        progress = tqdm(
+            total=total, initial=self.start_step, disable=not (self.dist.is_main and cfg.progress),
+            desc="pretrain", unit="step", dynamic_ncols=True,
+        )
+        self.train_model.train()
+        window_loss = torch.zeros((), device=self.device, dtype=torch.float64)
+        window_extra: dict[str, torch.Tensor] = {}
+        window_steps = 0
+        first_bad = torch.full((), -1, device=self.device, dtype=torch.long)
+        window_start = time.perf_counter()
+        step = self.start_step
+        try:
+            for step, batch in zip(range(self.start_step, total), self._loader()):
+                batch = _to_device(batch, self.device)
+                with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=bf16):
+                    out = self.train_model(batch, step)
+                loss = out["loss"]
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+                self.optimizer.step()
+                self.scheduler.step()
+                detached = loss.detach().double()
+                finite = torch.isfinite(detached)
+                first_bad = torch.where((first_bad < 0) & ~finite, torch.tensor(step, device=self.device), first_bad)
+                window_loss += torch.where(finite, detached, torch.zeros_like(detached))
+                for key, value in out.items():
+                    if key != "loss":
+                        window_extra[key] = window_extra.get(key, 0.0) + value.detach().double()
+                window_steps += 1
+                done = step + 1
+                at_log = done % cfg.log_every == 0 or done == total
+                at_ckpt = done % cfg.ckpt_every == 0 or done == total
+                if not (at_log or at_ckpt):
+                    continue
+                self._raise_if_non_finite(first_bad)
+                if at_log:
+                    values = self._reduce_window(window_loss, window_extra, window_steps)
+                    elapsed = time.perf_counter() - window_start
+                    values["lr"] = self.scheduler.get_last_lr()[0]
+                    values["steps_per_s"] = window_steps / elapsed
+                    values["examples_per_s"] = window_steps * cfg.batch_size / elapsed
+                    values["descriptor"] = self._descriptor_name(step)
+                    metrics.write(done, values)
+                    summary["last_loss"] = values["loss"]
+                    progress.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}")
+                    window_loss.zero_()
+                    window_extra = {}
+                    window_steps = 0
+                    window_start = time.perf_counter()
+                if at_ckpt and self.dist.is_main:
+                    summary["checkpoint"] = str(self._save(done))
+                if at_ckpt and self.dist.distributed:
+                    dist.barrier()
+                progress.update(done - progress.n)
+        finally:
+            progress.close()
+            metrics.close()
+        summary["final_step"] = step + 1
+        return summary
+
+    def _raise_if_non_finite(self, first_bad: torch.Tensor) -> None:
+        bad = first_bad.clone()
+        if self.dist.distributed:
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        bad_step = int(bad.item())
+        if bad_step >= 0:
+            last = latest_checkpoint(self.run_dir)
+            raise NonFiniteLossError(
+                f"the training loss became non-finite at step {bad_step + 1}; stopped without saving. "
+                f"Last good checkpoint: {last if last else 'none (no checkpoint was written yet)'}. "
+                "Try a lower trainer.lr, a longer trainer.warmup_steps, trainer.grad_clip, or trainer.precision=fp32."
+            )
+
+    def _reduce_window(
+        self, window_loss: torch.Tensor, window_extra: dict[str, torch.Tensor], steps: int
+    ) -> dict[str, Any]:
+        names = ["loss", *sorted(window_extra)]
+        stacked = torch.stack([window_loss, *[window_extra[k] for k in sorted(window_extra)]])
+        if self.dist.distributed:
+            dist.all_reduce(stacked)
+            stacked /= self.dist.world_size
+        return {name: float(v) / max(1, steps) for name, v in zip(names, stacked.tolist())}
+
+    def _descriptor_name(self, step: int) -> str:
+        inner = unwrap(self.model)
+        if hasattr(inner, "descriptor") and hasattr(inner, "space"):
+            return inner.space.name_of(inner.descriptor(step))
+        return ""
+

@@ -1,0 +1,75 @@
+"""The modality-agnostic pretraining step: one descriptor per step, two views made with it, one method."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from aiaudio.engine.distributed import rank_and_world
+from aiaudio.invariance import InvarianceSpace
+from aiaudio.seeding import generator_for
+
+_VIEW_STREAM = 2  # stream id for the per-step augmentation generator
+
+
+class ViewMaker(Protocol):
+    """Makes two augmented views of a batch with only the augmentations a descriptor switches on."""
+
+    def __call__(
+        self, batch: torch.Tensor, descriptor: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class ContrastivePretrainer(nn.Module):
+    """Wires a descriptor policy, a view maker and a contrastive method into ``forward(batch, step) -> metrics``.
+
+    The descriptor of step ``s`` is ``space.descriptor_for_step(seed, s)`` (amortised) or a fixed vector (baseline):
+    identical on every rank and after a resume. Augmentation randomness comes from a generator seeded by
+    (seed, step, rank), so a resumed run replays exactly the views an uninterrupted run would have made.
+    Views are made in float32 outside autocast; the method runs under whatever autocast the trainer set.
+
+    Args:
+        views: the modality's view maker (an ``nn.Module``; its buffers, e.g. normalisation stats, are saved).
+        method: e.g. :class:`~aiaudio.methods.simclr.SimCLR`, called as ``method(view1, view2, descriptor)``.
+        space: the invariance space.
+        seed: the run's seed.
+        fixed_descriptor: when given, every step uses it (the non-amortised baseline).
+        channels_last: hand the views to the method in channels_last memory format.
+    """
+
+    def __init__(
+        self,
+        views: nn.Module,
+        method: nn.Module,
+        space: InvarianceSpace,
+        seed: int,
+        fixed_descriptor: torch.Tensor | None = None,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        self.views = views
+        self.method = method
+        self.space = space
+        self.seed = seed
+        self.fixed_descriptor = None if fixed_descriptor is None else space.to_vector(fixed_descriptor)
+        self.channels_last = channels_last
+
+    def descriptor(self, step: int) -> torch.Tensor:
+        """The descriptor used at ``step`` (CPU, float32, shape ``[K]``)."""
+        if self.fixed_descriptor is not None:
+            return self.fixed_descriptor.clone()
+        return self.space.descriptor_for_step(self.seed, step)
+
+    def forward(self, batch: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
+        device = batch.device
+        descriptor = self.descriptor(step).to(device)
+        rank, _ = rank_and_world()
+        generator = generator_for(self.seed, step, rank, _VIEW_STREAM, device=device)
+        with torch.autocast(device_type=device.type, enabled=False), torch.no_grad():
+            view1, view2 = self.views(batch, descriptor, generator)
+        if self.channels_last and view1.dim() == 4:
+            view1 = view1.contiguous(memory_format=torch.channels_last)
+            view2 = view2.contiguous(memory_format=torch.channels_last)
+        return self.method(view1, view2, descriptor)

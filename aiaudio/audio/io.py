@@ -1,0 +1,121 @@
+"""Reading and writing audio files as float32 mono waveforms.
+
+Decoding uses ``soundfile`` (WAV, FLAC, OGG); resampling uses ``soxr`` at its "HQ" quality. Every failure to read a
+file raises :class:`AudioReadError`, which names the file and the problem.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import soxr
+
+#: File extensions (lower case) treated as audio by the dataset readers.
+AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".flac", ".ogg")
+
+#: Scale between float samples in [-1, 1] and int16 samples.
+INT16_SCALE = 32767.0
+
+
+class AudioReadError(ValueError):
+    """An audio file could not be turned into a waveform.
+
+    Attributes:
+        path: The file.
+        reason: What went wrong, in a few words.
+    """
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"cannot read audio file {self.path}: {reason}")
+
+
+def read_audio(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray:
+    """Decode an audio file to a float32 mono waveform at ``sample_rate``.
+
+    Channels are mixed down by their mean; the waveform is resampled with soxr ("HQ") when the file's rate differs.
+
+    Args:
+        path: A WAV, FLAC or OGG file.
+        sample_rate: The rate of the returned waveform, in Hz.
+
+    Returns:
+        A 1-D float32 array (samples in [-1, 1] for integer-PCM files).
+
+    Raises:
+        AudioReadError: The file is missing, not decodable, empty, or holds non-finite samples.
+    """
+    if sample_rate <= 0:
+        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+    path = Path(path)
+    if not path.exists():
+        raise AudioReadError(path, "file not found")
+    if path.is_dir():
+        raise AudioReadError(path, "is a directory, not an audio file")
+    if path.is_file() and path.stat().st_size == 0:
+        raise AudioReadError(path, "empty file (0 bytes)")
+    try:
+        data, file_rate = soundfile.read(path, dtype="float32", always_2d=True)
+    except (RuntimeError, OSError, TypeError, ValueError) as error:
+        raise AudioReadError(path, f"not a decodable audio file ({error})") from error
+    if data.shape[0] == 0:
+        raise AudioReadError(path, "holds no samples")
+    wave = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
+    if not np.isfinite(wave).all():
+        raise AudioReadError(path, "holds non-finite samples (NaN or infinity)")
+    if file_rate != sample_rate:
+        wave = soxr.resample(wave, file_rate, sample_rate, quality="HQ")
+        if wave.shape[0] == 0:
+            raise AudioReadError(path, f"too short to resample from {file_rate} Hz to {sample_rate} Hz")
+    return np.ascontiguousarray(wave, dtype=np.float32)
+
+
+def to_int16(wave: np.ndarray) -> np.ndarray:
+    """Convert a float waveform to int16: clip to [-1, 1], scale by 32767 and round to nearest."""
+    return np.rint(np.clip(np.asarray(wave, dtype=np.float64), -1.0, 1.0) * INT16_SCALE).astype(np.int16)
+
+
+def try_read_int16(path: str | os.PathLike, sample_rate: int = 16000) -> tuple[np.ndarray | None, str]:
+    """Read a file as an int16 waveform, returning the failure reason instead of raising.
+
+    Args:
+        path: The audio file.
+        sample_rate: The rate of the returned waveform, in Hz.
+
+    Returns:
+        ``(wave, "")`` on success, ``(None, reason)`` when the file could not be read.
+    """
+    try:
+        return to_int16(read_audio(path, sample_rate)), ""
+    except AudioReadError as error:
+        return None, error.reason
+
+
+def write_audio(path: str | os.PathLike, wave: np.ndarray, sample_rate: int) -> Path:
+    """Write a mono waveform (float in [-1, 1], or int16) as a PCM16 WAV file, creating parent folders.
+
+    Float samples are converted with :func:`to_int16` (clipped to [-1, 1], scaled by 32767, rounded).
+
+    Args:
+        path: Destination file.
+        wave: 1-D samples.
+        sample_rate: The waveform's rate, in Hz.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    wave = np.asarray(wave)
+    if wave.ndim != 1:
+        raise ValueError(f"write_audio expects a 1-D mono waveform for {path}, got shape {wave.shape}")
+    if wave.dtype != np.int16 and not np.isfinite(wave).all():
+        raise ValueError(f"refusing to write non-finite samples to {path}")
+    if wave.dtype != np.int16:
+        wave = to_int16(wave)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(path, wave, sample_rate, subtype="PCM_16", format="WAV")
+    return path

@@ -1,0 +1,435 @@
+"""Hypernetwork ResNets conditioned on an invariance descriptor, and plain ResNet baselines.
+
+:class:`HyperResNet` is a ResNet (timm's stem: 7x7 stride-2 conv, BN, ReLU, 3x3 stride-2 max-pool) whose residual
+blocks each own an :class:`~aiaudio.nn.hyper.InvarianceEmbedding`, and whose every block convolution (including the
+1x1 downsample) is a :class:`~aiaudio.nn.hyper.HyperConv2d` with its own hypernetwork. The stem, the BatchNorms and
+the classifier are ordinary static layers. Module paths and BatchNorm names match timm's ``resnet18``/``resnet50``.
+
+:class:`StaticResNet` is the same code with ordinary convolutions; with ``width=1`` its state dict is timm's.
+:class:`PlainEncoder` wraps a plain ResNet so that it has the encoder call signature ``forward(x, i=None)``.
+
+Importing this module registers ``hyper_resnet18`` and ``hyper_resnet50`` with ``timm.create_model``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import timm
+import torch
+import torch.nn.functional as F
+from timm.models import register_model
+from torch import nn
+
+from aiaudio.nn.hyper import HyperConv2d, InvarianceEmbedding, check_descriptor
+
+#: ``make_conv(in_channels, out_channels, kernel_size, stride, padding) -> conv module``
+ConvFactory = Callable[[int, int, int, int, int], nn.Module]
+
+BASE_WIDTHS: tuple[int, int, int, int] = (64, 128, 256, 512)
+STEM_WIDTH = 64
+ENCODER_KINDS: tuple[str, ...] = ("hyper_resnet18", "hyper_resnet50", "resnet18", "resnet50")
+
+
+def _scaled_width(channels: int, width: float) -> int:
+    return max(1, int(round(channels * width)))
+
+
+def _apply_conv(conv: nn.Module, x: torch.Tensor, embedding: torch.Tensor | None) -> torch.Tensor:
+    """Run a block convolution: hypernetwork convolutions take the block embedding, ordinary ones do not."""
+    if isinstance(conv, HyperConv2d):
+        return conv(x, embedding)
+    return conv(x)
+
+
+class Downsample(nn.Sequential):
+    """Shortcut projection: 1x1 convolution (hyper or static) at index 0, BatchNorm at index 1 (timm's layout)."""
+
+    def __init__(self, conv: nn.Module, norm: nn.BatchNorm2d) -> None:
+        super().__init__(conv, norm)
+
+    def forward(self, x: torch.Tensor, embedding: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+        return self[1](_apply_conv(self[0], x, embedding))
+
+
+class BasicBlock(nn.Module):
+    """ResNet-18/34 block: 3x3 conv, BN, ReLU, 3x3 conv, BN, add shortcut, ReLU.
+
+    Args:
+        inplanes: input channels.
+        planes: output channels.
+        stride: stride of the first convolution and of the shortcut projection.
+        make_conv: builds each convolution (hypernetwork or static).
+        embedding: the block's descriptor embedding, or None for a static block.
+    """
+
+    expansion = 1
+
+    def __init__(
+        self, inplanes: int, planes: int, stride: int, make_conv: ConvFactory, embedding: InvarianceEmbedding | None
+    ) -> None:
+        super().__init__()
+        self.embedding = embedding
+        self.conv1 = make_conv(inplanes, planes, 3, stride, 1)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.act1 = nn.ReLU(inplace=True)
+        self.conv2 = make_conv(planes, planes, 3, 1, 1)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.act2 = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or inplanes != planes:
+            self.downsample = Downsample(make_conv(inplanes, planes, 1, stride, 0), nn.BatchNorm2d(planes))
+
+    def last_norm(self) -> nn.BatchNorm2d:
+        return self.bn2
+
+    def forward(self, x: torch.Tensor, descriptor: torch.Tensor | None = None) -> torch.Tensor:
+        embedding = self.embedding(descriptor) if self.embedding is not None else None
+        shortcut = x if self.downsample is None else self.downsample(x, embedding)
+        out = self.act1(self.bn1(_apply_conv(self.conv1, x, embedding)))
+        out = self.bn2(_apply_conv(self.conv2, out, embedding))
+        return self.act2(out + shortcut)
+
+
+class Bottleneck(nn.Module):
+    """ResNet-50 block: 1x1 conv, 3x3 conv (strided), 1x1 conv to ``4 * planes``, each with BN; add shortcut, ReLU.
+
+    Args:
+        inplanes: input channels.
+        planes: bottleneck channels (the block outputs ``4 * planes``).
+        stride: stride of the 3x3 convolution and of the shortcut projection.
+        make_conv: builds each convolution (hypernetwork or static).
+        embedding: the block's descriptor embedding, or None for a static block.
+    """
+
+    expansion = 4
+
+    def __init__(
+        self, inplanes: int, planes: int, stride: int, make_conv: ConvFactory, embedding: InvarianceEmbedding | None
+    ) -> None:
+        super().__init__()
+        outplanes = planes * self.expansion
+        self.embedding = embedding
+        self.conv1 = make_conv(inplanes, planes, 1, 1, 0)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.act1 = nn.ReLU(inplace=True)
+        self.conv2 = make_conv(planes, planes, 3, stride, 1)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.act2 = nn.ReLU(inplace=True)
+        self.conv3 = make_conv(planes, outplanes, 1, 1, 0)
+        self.bn3 = nn.BatchNorm2d(outplanes)
+        self.act3 = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or inplanes != outplanes:
+            self.downsample = Downsample(make_conv(inplanes, outplanes, 1, stride, 0), nn.BatchNorm2d(outplanes))
+
+    def last_norm(self) -> nn.BatchNorm2d:
+        return self.bn3
+
+    def forward(self, x: torch.Tensor, descriptor: torch.Tensor | None = None) -> torch.Tensor:
+        embedding = self.embedding(descriptor) if self.embedding is not None else None
+        shortcut = x if self.downsample is None else self.downsample(x, embedding)
+        out = self.act1(self.bn1(_apply_conv(self.conv1, x, embedding)))
+        out = self.act2(self.bn2(_apply_conv(self.conv2, out, embedding)))
+        out = self.bn3(_apply_conv(self.conv3, out, embedding))
+        return self.act3(out + shortcut)
+
+
+BlockType = type[BasicBlock] | type[Bottleneck]
+
+#: name -> (block type, blocks per stage)
+ARCHITECTURES: dict[str, tuple[BlockType, tuple[int, int, int, int]]] = {
+    "resnet18": (BasicBlock, (2, 2, 2, 2)),
+    "resnet50": (Bottleneck, (3, 4, 6, 3)),
+}
+
+
+class _ResNet(nn.Module):
+    """Shared ResNet body; ``make_conv``/``make_embedding`` decide whether block convolutions are hypernetworks."""
+
+    def __init__(
+        self,
+        block: BlockType,
+        layers: Sequence[int],
+        in_chans: int,
+        width: float,
+        num_classes: int,
+        zero_init_last: bool,
+        make_conv: ConvFactory,
+        make_embedding: Callable[[], InvarianceEmbedding | None],
+    ) -> None:
+        super().__init__()
+        if in_chans < 1:
+            raise ValueError(f"in_chans must be >= 1, got {in_chans}")
+        if not width > 0:
+            raise ValueError(f"width must be > 0, got {width}")
+        if len(layers) != 4 or min(layers) < 1:
+            raise ValueError(f"layers must be 4 positive block counts, got {list(layers)}")
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+        self.in_chans = in_chans
+        self.width = width
+        self.num_classes = num_classes
+
+        stem_width = _scaled_width(STEM_WIDTH, width)
+        self.conv1 = nn.Conv2d(in_chans, stem_width, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem_width)
+        self.act1 = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+
+        inplanes = stem_width
+        for stage, (base, num_blocks) in enumerate(zip(BASE_WIDTHS, layers), start=1):
+            planes = _scaled_width(base, width)
+            blocks = []
+            for index in range(num_blocks):
+                stride = 2 if stage > 1 and index == 0 else 1
+                blocks.append(block(inplanes, planes, stride, make_conv, make_embedding()))
+                inplanes = planes * block.expansion
+            self.add_module(f"layer{stage}", nn.Sequential(*blocks))
+        self.num_features = inplanes
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+        # Static convolutions: timm's ResNet init (Kaiming normal, fan_out). Hypernetworks initialise themselves.
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        if zero_init_last:  # as timm: each residual branch starts as zero, so every block starts as the identity
+            for module in self.modules():
+                if isinstance(module, (BasicBlock, Bottleneck)):
+                    nn.init.zeros_(module.last_norm().weight)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != self.in_chans:
+            shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x)
+            raise ValueError(f"{type(self).__name__} expects input of shape [B, {self.in_chans}, H, W], got {shape}")
+
+    def _features(self, x: torch.Tensor, descriptor: torch.Tensor | None) -> torch.Tensor:
+        x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            for block in stage:
+                x = block(x, descriptor)
+        return x
+
+    def _head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.adaptive_avg_pool2d(features, 1).flatten(1))
+
+
+class HyperResNet(_ResNet):
+    """ResNet whose block convolutions are generated from an invariance descriptor ``i`` (one per batch).
+
+    Args:
+        block: :class:`BasicBlock` or :class:`Bottleneck`.
+        layers: blocks per stage, e.g. ``(2, 2, 2, 2)`` for ResNet-18.
+        inv_dim: K, the descriptor length.
+        in_chans: input channels (1 for spectrograms).
+        width: channel multiplier of the stem (64) and stage widths (64, 128, 256, 512); rounded, at least 1.
+        hyper_hidden: hidden width of each convolution's hypernetwork.
+        embed_dim: E, size of each block's descriptor embedding.
+        dependence: init scale of the descriptor-dependent part of each kernel (see :mod:`aiaudio.nn.hyper`).
+        num_classes: classifier outputs; 0 means no classifier (``forward`` returns pooled features).
+        zero_init_last: zero the last BatchNorm scale of each block, as timm's ResNet does.
+    """
+
+    def __init__(
+        self,
+        block: BlockType,
+        layers: Sequence[int],
+        *,
+        inv_dim: int,
+        in_chans: int = 1,
+        width: float = 1.0,
+        hyper_hidden: int = 32,
+        embed_dim: int = 16,
+        dependence: float = 0.5,
+        num_classes: int = 0,
+        zero_init_last: bool = True,
+    ) -> None:
+        if inv_dim < 1:
+            raise ValueError(f"inv_dim (descriptor length K) must be >= 1, got {inv_dim}")
+
+        def make_conv(in_channels: int, out_channels: int, kernel_size: int, stride: int, padding: int) -> nn.Module:
+            return HyperConv2d(
+                in_channels, out_channels, kernel_size, stride, padding, embed_dim, hyper_hidden, dependence
+            )
+
+        super().__init__(
+            block,
+            layers,
+            in_chans,
+            width,
+            num_classes,
+            zero_init_last,
+            make_conv,
+            lambda: InvarianceEmbedding(inv_dim, embed_dim),
+        )
+        self.inv_dim = inv_dim
+        self.hyper_hidden = hyper_hidden
+        self.embed_dim = embed_dim
+        self.dependence = dependence
+
+    def forward_features(self, x: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+        """Feature map ``[B, num_features, H / 32, W / 32]`` of ``x`` ``[B, in_chans, H, W]`` for descriptor ``i``."""
+        self._check_input(x)
+        check_descriptor(i, self.inv_dim)
+        return self._features(x, i)
+
+    def forward(self, x: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+        """Pooled features ``[B, num_features]`` (or logits if ``num_classes > 0``) for descriptor ``i`` ``[K]``."""
+        return self._head(self.forward_features(x, i))
+
+    def hypernetwork_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters of every hypernetwork and block embedding (everything else is static)."""
+        for module in self.modules():
+            if isinstance(module, (HyperConv2d, InvarianceEmbedding)):
+                yield from module.parameters()
+
+
+class StaticResNet(_ResNet):
+    """The same ResNet with ordinary convolutions; with ``width=1`` its state dict matches timm's.
+
+    Args:
+        block: :class:`BasicBlock` or :class:`Bottleneck`.
+        layers: blocks per stage.
+        in_chans: input channels.
+        width: channel multiplier (as :class:`HyperResNet`).
+        num_classes: classifier outputs; 0 means pooled features.
+        zero_init_last: zero the last BatchNorm scale of each block, as timm's ResNet does.
+    """
+
+    def __init__(
+        self,
+        block: BlockType,
+        layers: Sequence[int],
+        *,
+        in_chans: int = 1,
+        width: float = 1.0,
+        num_classes: int = 0,
+        zero_init_last: bool = True,
+    ) -> None:
+        def make_conv(in_channels: int, out_channels: int, kernel_size: int, stride: int, padding: int) -> nn.Module:
+            return nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=False)
+
+        super().__init__(block, layers, in_chans, width, num_classes, zero_init_last, make_conv, lambda: None)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        return self._features(x, None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._head(self.forward_features(x))
+
+
+class PlainEncoder(nn.Module):
+    """A plain ResNet with the encoder signature ``forward(x, i=None)``; the descriptor is ignored.
+
+    Args:
+        backbone: a timm ResNet or :class:`StaticResNet` built with ``num_classes=0``.
+    """
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.num_features: int = backbone.num_features
+        self.in_chans: int = backbone.conv1.in_channels
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != self.in_chans:
+            shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x)
+            raise ValueError(f"PlainEncoder expects input of shape [B, {self.in_chans}, H, W], got {shape}")
+
+    def forward_features(self, x: torch.Tensor, i: torch.Tensor | None = None) -> torch.Tensor:
+        self._check_input(x)
+        return self.backbone.forward_features(x)
+
+    def forward(self, x: torch.Tensor, i: torch.Tensor | None = None) -> torch.Tensor:
+        self._check_input(x)
+        return self.backbone(x)
+
+
+def _architecture(name: str) -> tuple[BlockType, tuple[int, int, int, int]]:
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown ResNet {name!r}; expected one of {sorted(ARCHITECTURES)}")
+    return ARCHITECTURES[name]
+
+
+def plain_resnet(name: str, in_chans: int = 1, width: float = 1.0, zero_init_last: bool = True) -> PlainEncoder:
+    """A plain ResNet encoder: timm's model at ``width=1``, otherwise :class:`StaticResNet` (same layout, scaled)."""
+    block, layers = _architecture(name)
+    if width == 1.0:
+        backbone = timm.create_model(
+            name, pretrained=False, in_chans=in_chans, num_classes=0, zero_init_last=zero_init_last
+        )
+    else:
+        backbone = StaticResNet(block, layers, in_chans=in_chans, width=width, zero_init_last=zero_init_last)
+    return PlainEncoder(backbone)
+
+
+def hyper_resnet(name: str, inv_dim: int, **kwargs: Any) -> HyperResNet:
+    """A :class:`HyperResNet` with the blocks and depths of ``name`` (``"resnet18"`` or ``"resnet50"``)."""
+    block, layers = _architecture(name)
+    return HyperResNet(block, layers, inv_dim=inv_dim, **kwargs)
+
+
+def build_encoder(
+    kind: str,
+    in_chans: int = 1,
+    inv_dim: int | None = None,
+    width: float = 1.0,
+    hyper_hidden: int = 32,
+    embed_dim: int = 16,
+    dependence: float = 0.5,
+    zero_init_last: bool = True,
+) -> nn.Module:
+    """An encoder ``forward(x, i) -> [B, num_features]``: a hypernetwork ResNet or a plain one (which ignores ``i``).
+
+    Args:
+        kind: one of ``ENCODER_KINDS``.
+        in_chans: input channels.
+        inv_dim: descriptor length K; required for the hyper kinds, ignored by the plain ones.
+        width: channel multiplier.
+        hyper_hidden: hypernetwork hidden width (hyper kinds).
+        embed_dim: block embedding size (hyper kinds).
+        dependence: init scale of the descriptor-dependent kernel part (hyper kinds).
+        zero_init_last: zero the last BatchNorm scale of each block.
+    """
+    if kind not in ENCODER_KINDS:
+        raise ValueError(f"unknown encoder kind {kind!r}; expected one of {list(ENCODER_KINDS)}")
+    if kind.startswith("hyper_"):
+        if inv_dim is None:
+            raise ValueError(f"encoder {kind!r} needs inv_dim (the descriptor length K)")
+        return hyper_resnet(
+            kind.removeprefix("hyper_"),
+            inv_dim,
+            in_chans=in_chans,
+            width=width,
+            hyper_hidden=hyper_hidden,
+            embed_dim=embed_dim,
+            dependence=dependence,
+            zero_init_last=zero_init_last,
+        )
+    return plain_resnet(kind, in_chans=in_chans, width=width, zero_init_last=zero_init_last)
+
+
+def _timm_entrypoint(name: str, pretrained: bool, kwargs: dict[str, Any]) -> HyperResNet:
+    """Build ``hyper_<name>`` for ``timm.create_model``; no pretrained weights exist."""
+    # timm always passes these; without pretrained weights there is nothing for them to configure.
+    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+        kwargs.pop(key, None)
+    if pretrained:
+        raise ValueError(f"hyper_{name} has no pretrained weights; create it with pretrained=False")
+    if "inv_dim" not in kwargs:
+        raise ValueError(f"hyper_{name} needs inv_dim (the descriptor length K), e.g. inv_dim=7")
+    return hyper_resnet(name, **kwargs)
+
+
+@register_model
+def hyper_resnet18(pretrained: bool = False, **kwargs: Any) -> HyperResNet:
+    """Hyper-ResNet-18 (BasicBlock, layers 2-2-2-2) for ``timm.create_model``; needs ``inv_dim``."""
+    return _timm_entrypoint("resnet18", pretrained, kwargs)
+
+
+@register_model
+def hyper_resnet50(pretrained: bool = False, **kwargs: Any) -> HyperResNet:
+    """Hyper-ResNet-50 (Bottleneck, layers 3-4-6-3) for ``timm.create_model``; needs ``inv_dim``."""
+    return _timm_entrypoint("resnet50", pretrained, kwargs)

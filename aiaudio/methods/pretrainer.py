@@ -15,7 +15,10 @@ _VIEW_STREAM = 2  # stream id for the per-step augmentation generator
 
 
 class ViewMaker(Protocol):
-    """Makes two augmented views of a batch with only the augmentations a descriptor switches on."""
+    """Makes two augmented views of a batch with only the augmentations a descriptor switches on.
+
+    The descriptor arrives on the CPU; the generator lives on the batch's device.
+    """
 
     def __call__(
         self, batch: torch.Tensor, descriptor: torch.Tensor, generator: torch.Generator
@@ -64,11 +67,12 @@ class ContrastivePretrainer(nn.Module):
 
     def forward(self, batch: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
         device = batch.device
-        descriptor = self.descriptor(step).to(device)
+        descriptor = self.descriptor(step)  # stays on the CPU for the view maker: reading its bits costs no sync
         rank, _ = rank_and_world()
         generator = generator_for(self.seed, step, rank, _VIEW_STREAM, device=device)
         with torch.autocast(device_type=device.type, enabled=False), torch.no_grad():
             view1, view2 = self.views(batch, descriptor, generator)
+        descriptor = descriptor.to(device, non_blocking=True)
         if self.channels_last and view1.dim() == 4:
             view1 = view1.contiguous(memory_format=torch.channels_last)
             view2 = view2.contiguous(memory_format=torch.channels_last)

@@ -1,0 +1,52 @@
+"""Shared fixtures: a small synthetic data set in FSD50K layout and its waveform cache, built once per session."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    from aiaudio.audio.synthetic import generate_synthetic
+
+    return generate_synthetic(tmp_path_factory.mktemp("synthetic"), num_clips=48, seed=0, min_seconds=0.6, max_seconds=1.6)
+
+
+@pytest.fixture(scope="session")
+def tiny_config_args(synthetic_root, tmp_path_factory) -> list[str]:
+    """Overrides that make the demo config a seconds-long pretraining run on the synthetic set."""
+    cache_dir = tmp_path_factory.mktemp("cache") / "synthetic-train"
+    return [
+        f"data.root={synthetic_root}",
+        f"data.cache_dir={cache_dir}",
+        "data.crop_seconds=1.0",
+        "data.cache_workers=0",
+        "model.width=0.125",
+        "model.projector_hidden=32",
+        "model.projector_dim=16",
+        "normalization.clips=16",
+        "trainer.batch_size=8",
+        "trainer.steps=24",
+        "trainer.warmup_steps=2",
+        "trainer.lr=3e-3",
+        "trainer.log_every=2",
+        "trainer.ckpt_every=6",
+        "trainer.num_workers=0",
+        "trainer.progress=false",
+        "trainer.tensorboard=false",
+        "trainer.device=cpu",
+    ]
+
+
+def aiaudio_command(*args: str) -> list[str]:
+    """The command line that runs ``aiaudio`` with this interpreter."""
+    return [sys.executable, "-m", "aiaudio", *args]

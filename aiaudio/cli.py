@@ -106,9 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``aiaudio`` console script."""
     from aiaudio.engine.trainer import NonFiniteLossError
 
+    from aiaudio.engine.runtime import tune_cpu_allocator
+
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging()
+    tune_cpu_allocator()
     try:
         return args.func(args)
     except (ConfigError, FileNotFoundError) as error:

@@ -130,6 +130,8 @@ def _convert(hint: Any, value: Any, key: str) -> Any:
     if dataclasses.is_dataclass(hint):
         if isinstance(value, hint):
             return value
+        if value is None:  # an empty YAML section: all defaults
+            return hint()
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key} must be a mapping (a config section), got {value!r}")
         return from_dict(hint, value, key)

@@ -1,0 +1,1 @@
+"""Audio: I/O, datasets, log-mel frontend and batched CLAR augmentations."""

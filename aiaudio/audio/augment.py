@@ -1,0 +1,746 @@
+"""The seven CLAR augmentations, batched on the device with per-example random parameters.
+
+Every op is an ``nn.Module`` that draws the parameters of a whole batch in one pass
+(``randomize_parameters(batch_size, num_samples, generator)``), applies them with tensor code and no Python loop
+over examples (``apply_transform(x, params)``), and passes examples that were not selected (probability ``1 - p``)
+through unchanged. All randomness comes from the ``torch.Generator`` given to ``forward``, so a view is a pure
+function of the generator's seed.
+
+:class:`ClarAugment` chains the ops for one invariance descriptor: pitch shift, fade in, fade out, noise, time mask
+and time shift act on the waveform; then the frontend's mel power spectrogram; then time stretch; then log and
+normalisation. An op whose descriptor bit is off is not run at all.
+
+Two ops are reformulated so that they batch well; both keep the meaning of the CLAR operation:
+
+* **Pitch shift as a phase-vocoder frequency warp.** Resampling-based pitch shift (time stretch by ``r`` then
+  resample by ``1/r``) changes the intermediate length per example, which does not batch. Warping the STFT along
+  frequency does the same job at a fixed length: output bin ``k`` reads the magnitude and the instantaneous
+  frequency of source position ``k / r`` (linear interpolation), the frequency is multiplied by ``r``, and the
+  output phase is the running sum of those frequencies over frames, as in a phase vocoder. A partial at ``f`` moves
+  to ``r * f`` with its envelope in time unchanged; everything is a gather with a per-example index.
+* **Time stretch on the mel power spectrogram.** A phase-vocoder stretch keeps each frame's magnitude spectrum and
+  resamples the frame sequence in time; the mel projection is linear and acts on each frame separately, so resampling
+  frames of the mel power spectrogram is the same operation after the projection, at 1/4 of the size and without
+  phase reconstruction. Output frame ``j`` reads source position ``j * rate``; positions past the last frame are
+  silence, which crops or pads back to the input's number of frames.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from aiaudio.audio.frontend import LogMel
+from aiaudio.invariance import CLAR_NAMES
+
+FADE_SHAPES: tuple[str, ...] = ("linear", "logarithmic", "exponential", "quarter_sine", "half_sine")
+#: Noise colours and the exponent alpha of their power spectral density, proportional to 1 / f**alpha.
+NOISE_EXPONENTS: dict[str, float] = {"white": 0.0, "pink": 1.0, "brown": 2.0}
+
+Params = dict[str, torch.Tensor]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _check_probability(owner: str, p: float) -> None:
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"{owner}.p must be in [0, 1], got {p}")
+
+
+def _check_range(owner: str, low_name: str, low: float, high_name: str, high: float) -> None:
+    if low > high:
+        raise ValueError(f"{owner}: {low_name}={low} must not exceed {high_name}={high}")
+
+
+def _check_fraction(owner: str, name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{owner}.{name} must be in [0, 1], got {value}")
+
+
+@dataclass
+class PitchShiftConfig:
+    """Pitch shift by a uniform number of semitones; STFT size and hop of the phase vocoder."""
+
+    p: float = 1.0
+    min_semitones: float = -15.0
+    max_semitones: float = 15.0
+    n_fft: int = 1024
+    hop_length: int = 256
+
+    def __post_init__(self) -> None:
+        _check_probability("PitchShiftConfig", self.p)
+        _check_range("PitchShiftConfig", "min_semitones", self.min_semitones, "max_semitones", self.max_semitones)
+        if self.hop_length < 1 or self.n_fft % self.hop_length != 0 or self.n_fft // self.hop_length < 2:
+            raise ValueError(
+                "PitchShiftConfig: n_fft must be a multiple (>= 2) of hop_length, "
+                f"got n_fft={self.n_fft}, hop_length={self.hop_length}"
+            )
+
+
+@dataclass
+class FadeConfig:
+    """Fade of a shape drawn uniformly from ``shapes`` over a length uniform in [0, max_fraction * N] samples."""
+
+    p: float = 1.0
+    shapes: tuple[str, ...] = ("linear", "logarithmic", "exponential")
+    max_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        self.shapes = tuple(self.shapes)
+        _check_probability("FadeConfig", self.p)
+        _check_fraction("FadeConfig", "max_fraction", self.max_fraction)
+        unknown = [s for s in self.shapes if s not in FADE_SHAPES]
+        if not self.shapes or unknown:
+            raise ValueError(f"FadeConfig.shapes must be a non-empty subset of {FADE_SHAPES}, got {list(self.shapes)}")
+
+
+@dataclass
+class NoiseConfig:
+    """Additive noise of a colour drawn uniformly from ``colours`` at an SNR uniform in [min_snr_db, max_snr_db]."""
+
+    p: float = 1.0
+    colours: tuple[str, ...] = ("white", "pink", "brown")
+    min_snr_db: float = 3.0
+    max_snr_db: float = 30.0
+
+    def __post_init__(self) -> None:
+        self.colours = tuple(self.colours)
+        _check_probability("NoiseConfig", self.p)
+        _check_range("NoiseConfig", "min_snr_db", self.min_snr_db, "max_snr_db", self.max_snr_db)
+        unknown = [c for c in self.colours if c not in NOISE_EXPONENTS]
+        if not self.colours or unknown:
+            raise ValueError(
+                f"NoiseConfig.colours must be a non-empty subset of {tuple(NOISE_EXPONENTS)}, got {list(self.colours)}"
+            )
+
+
+@dataclass
+class TimeMaskConfig:
+    """A segment of up to ``max_fraction * N`` samples replaced by noise (probability ``noise_probability``) or 0."""
+
+    p: float = 1.0
+    max_fraction: float = 0.125
+    noise_probability: float = 0.5
+
+    def __post_init__(self) -> None:
+        _check_probability("TimeMaskConfig", self.p)
+        _check_fraction("TimeMaskConfig", "max_fraction", self.max_fraction)
+        _check_fraction("TimeMaskConfig", "noise_probability", self.noise_probability)
+
+
+@dataclass
+class TimeShiftConfig:
+    """Circular roll by a uniform integer in [-max_fraction * N, max_fraction * N]."""
+
+    p: float = 1.0
+    max_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        _check_probability("TimeShiftConfig", self.p)
+        _check_fraction("TimeShiftConfig", "max_fraction", self.max_fraction)
+
+
+@dataclass
+class TimeStretchConfig:
+    """Time stretch by a rate uniform in [min_rate, max_rate] (rate > 1 speeds up)."""
+
+    p: float = 1.0
+    min_rate: float = 0.5
+    max_rate: float = 1.5
+
+    def __post_init__(self) -> None:
+        _check_probability("TimeStretchConfig", self.p)
+        if self.min_rate <= 0:
+            raise ValueError(f"TimeStretchConfig.min_rate must be positive, got {self.min_rate}")
+        _check_range("TimeStretchConfig", "min_rate", self.min_rate, "max_rate", self.max_rate)
+
+
+@dataclass
+class ClarConfig:
+    """Parameters of the seven CLAR augmentations (defaults: CLAR's ranges, every op applied with p = 1)."""
+
+    pitch_shift: PitchShiftConfig = field(default_factory=PitchShiftConfig)
+    fade_in: FadeConfig = field(default_factory=FadeConfig)
+    fade_out: FadeConfig = field(default_factory=FadeConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    time_mask: TimeMaskConfig = field(default_factory=TimeMaskConfig)
+    time_shift: TimeShiftConfig = field(default_factory=TimeShiftConfig)
+    time_stretch: TimeStretchConfig = field(default_factory=TimeStretchConfig)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _uniform(low: float, high: float, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+    """Per-example floats uniform in [low, high) on the generator's device."""
+    u = torch.rand(batch_size, generator=generator, device=generator.device)
+    return low + (high - low) * u
+
+
+def _uniform_int(
+    low: int | torch.Tensor, high: int | torch.Tensor, batch_size: int, generator: torch.Generator
+) -> torch.Tensor:
+    """Per-example integers uniform in [low, high] (inclusive; bounds may be per-example tensors), int64."""
+    u = torch.rand(batch_size, generator=generator, device=generator.device, dtype=torch.float64)
+    low_t = torch.as_tensor(low, device=generator.device, dtype=torch.float64)
+    high_t = torch.as_tensor(high, device=generator.device, dtype=torch.float64)
+    value = torch.floor(low_t + u * (high_t - low_t + 1.0))
+    return torch.minimum(value, high_t).to(torch.int64)
+
+
+def _choice(count: int, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+    """Per-example indices uniform in {0, ..., count - 1}, int64."""
+    return torch.randint(count, (batch_size,), generator=generator, device=generator.device)
+
+
+def _keep_unselected(apply: torch.Tensor, augmented: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+    """``augmented`` where ``apply`` (per example) is true, else ``original`` bit for bit."""
+    if apply.device.type == "cpu" and bool(apply.all()):
+        return augmented  # nothing to keep (checked only on the CPU, where it costs no device sync)
+    mask = apply.to(original.device).view(-1, *([1] * (original.dim() - 1)))
+    return torch.where(mask, augmented, original)
+
+
+def _params_to(params: Params, device: torch.device) -> Params:
+    return {name: value.to(device) for name, value in params.items()}
+
+
+def _check_waveforms(x: torch.Tensor, owner: str) -> None:
+    if x.dim() != 2:
+        raise ValueError(f"{owner} expects waveforms of shape [batch, samples], got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{owner} expects floating-point waveforms, got {x.dtype}")
+
+
+class BatchedAugmentation(nn.Module):
+    """Base of the batched ops: per-example application with probability ``p``.
+
+    Subclasses implement ``randomize_parameters`` (which must include the boolean ``"apply"`` of shape ``[B]``) and
+    ``apply_transform``.
+    """
+
+    def __init__(self, p: float = 1.0) -> None:
+        super().__init__()
+        _check_probability(type(self).__name__, p)
+        self.p = float(p)
+
+    def _draw_apply(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.rand(batch_size, generator=generator, device=generator.device) < self.p
+
+    def randomize_parameters(self, batch_size: int, num_samples: int, generator: torch.Generator) -> Params:
+        raise NotImplementedError
+
+    def apply_transform(self, x: torch.Tensor, params: Params) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Draw parameters for the batch from ``generator`` and apply them."""
+        params = self.randomize_parameters(x.shape[0], x.shape[-1], generator)
+        return self.apply_transform(x, params)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Waveform ops
+# --------------------------------------------------------------------------------------------------------------
+
+
+class PitchShift(BatchedAugmentation):
+    """Pitch shift by a per-example number of semitones: a phase-vocoder warp of the STFT along frequency.
+
+    Args:
+        p: probability of shifting an example.
+        min_semitones, max_semitones: range of the uniform shift.
+        n_fft, hop_length: STFT size (periodic Hann window of ``n_fft``) and hop.
+    """
+
+    def __init__(
+        self,
+        p: float = 1.0,
+        min_semitones: float = -15.0,
+        max_semitones: float = 15.0,
+        n_fft: int = 1024,
+        hop_length: int = 256,
+    ) -> None:
+        super().__init__(p)
+        PitchShiftConfig(p, min_semitones, max_semitones, n_fft, hop_length)  # validates
+        self.min_semitones = float(min_semitones)
+        self.max_semitones = float(max_semitones)
+        self.n_fft = int(n_fft)
+        self.hop_length = int(hop_length)
+        self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
+
+    def randomize_parameters(self, batch_size: int, num_samples: int, generator: torch.Generator) -> Params:
+        return {
+            "apply": self._draw_apply(batch_size, generator),
+            "semitones": _uniform(self.min_semitones, self.max_semitones, batch_size, generator),
+        }
+
+    def apply_transform(self, x: torch.Tensor, params: Params) -> torch.Tensor:
+        _check_waveforms(x, "PitchShift")
+        params = _params_to(params, x.device)
+        batch_size, num_samples = x.shape
+        if num_samples <= self.n_fft // 2:
+            raise ValueError(
+                f"PitchShift needs clips longer than n_fft // 2 = {self.n_fft // 2} samples, got {num_samples}"
+            )
+        window = self.window.to(device=x.device, dtype=x.dtype)
+        # Frames along dim 1, bins along dim 2 ([B, T, F], torch.stft's memory layout), real and imaginary parts as
+        # separate contiguous planes: elementwise work on them is several times faster than on complex tensors.
+        spec = torch.stft(
+            x, self.n_fft, self.hop_length, window=window, center=True, pad_mode="reflect", return_complex=True
+        ).transpose(1, 2)
+        real, imag = torch.view_as_real(spec).permute(3, 0, 1, 2).contiguous()
+        del spec
+        num_frames, num_bins = real.shape[1], real.shape[2]
+        bins = torch.arange(num_bins, device=x.device, dtype=x.dtype)
+        # Phase advance of bin k's centre frequency over one hop, and the zero-phase factor (-1)^k of a frame whose
+        # window is centred at n_fft / 2: with it, all bins of one partial share a phase, so the warp keeps them
+        # coherent.
+        bin_advance = 2.0 * math.pi * self.hop_length / self.n_fft * bins
+        centre_shift = math.pi * bins
+
+        magnitude = torch.hypot(real, imag)
+        phase_in = imag.atan2_(real)
+        # Deviation of each frame's phase advance from the bin's centre frequency, wrapped to [-pi, pi); frame 0 has
+        # no predecessor and gets 0 (its output phase is set below).
+        deviation = real
+        deviation[:, 0] = 0.0
+        torch.sub(phase_in[:, 1:], phase_in[:, :-1], out=deviation[:, 1:])
+        deviation.sub_(bin_advance).add_(math.pi).remainder_(2.0 * math.pi).sub_(math.pi)
+        first_phase = phase_in[:, 0] + centre_shift  # [B, F]
+        del phase_in, imag
+
+        # Output bin k reads source position k / ratio (per example), linearly interpolated along the bins; bins
+        # whose source lies above Nyquist are zero.
+        ratio = torch.pow(2.0, params["semitones"].to(x.dtype) / 12.0)  # [B]
+        source = bins[None, :] / ratio[:, None]  # [B, F]
+        inside = (source <= num_bins - 1).to(x.dtype)[:, None, :]
+        lower = torch.floor(source).clamp(max=num_bins - 1)
+        weight = (source - lower)[:, None, :]
+        lower = lower.long()
+        upper = (lower + 1).clamp(max=num_bins - 1)
+        index_shape = (batch_size, num_frames, num_bins)
+        lower_index = lower[:, None, :].expand(index_shape)
+        upper_index = upper[:, None, :].expand(index_shape)
+        out_magnitude = magnitude.gather(2, lower_index)
+        out_magnitude.lerp_(magnitude.gather(2, upper_index), weight).mul_(inside)
+        del magnitude
+        # Phase advance at the source times the ratio: ratio * (source centre + deviation) = this bin's centre
+        # + ratio * deviation. The output phase is its running sum over frames, from the nearest source bin's phase.
+        phase = deviation.gather(2, lower_index)
+        phase.lerp_(deviation.gather(2, upper_index), weight)
+        del deviation
+        phase.mul_(ratio[:, None, None]).add_(torch.remainder(bin_advance, 2.0 * math.pi))
+        nearest = torch.round(source).clamp(max=num_bins - 1).long()
+        phase[:, 0] = first_phase.gather(1, nearest) - centre_shift
+        _accumulate_phase_(phase)
+
+        out_real = torch.cos(phase).mul_(out_magnitude)
+        out_imag = phase.sin_().mul_(out_magnitude)
+        shifted = _inverse_stft(torch.complex(out_real, out_imag), window, self.hop_length, num_samples)
+        # The warp changes the level by a few dB (peaks get wider or narrower than the window's main lobe and their
+        # bins lose phase coherence); restore the clip's RMS.
+        input_rms = x.pow(2).mean(dim=-1, keepdim=True).sqrt()
+        output_rms = shifted.pow(2).mean(dim=-1, keepdim=True).sqrt()
+        shifted.mul_(input_rms / output_rms.clamp_min(torch.finfo(x.dtype).tiny))
+        return _keep_unselected(params["apply"], shifted, x)
+
+
+def _accumulate_phase_(phase: torch.Tensor, wrap_every: int = 16, use_cumsum: bool | None = None) -> None:
+    """In-place running sum of phase increments along dim 1 of ``[B, T, F]``, wrapped to [0, 2*pi) regularly.
+
+    Wrapping every few frames keeps float32 phases accurate over hundreds of frames. On the CPU a loop over frames
+    (each step batched over [B, F]) is several times faster than ``torch.cumsum`` along a non-innermost dim; on an
+    accelerator ``torch.cumsum`` is one kernel instead of hundreds.
+    """
+    if use_cumsum is None:
+        use_cumsum = phase.device.type != "cpu"
+    if use_cumsum:  # one kernel; the increments are bounded (< 4 pi), so float32 sums stay accurate
+        phase.cumsum_(dim=1).remainder_(2.0 * math.pi)
+        return
+    two_pi = 2.0 * math.pi
+    for frame in range(1, phase.shape[1]):
+        phase[:, frame].add_(phase[:, frame - 1])
+        if frame % wrap_every == 0:
+            phase[:, frame].remainder_(two_pi)
+
+
+def _inverse_stft(spec: torch.Tensor, window: torch.Tensor, hop_length: int, length: int) -> torch.Tensor:
+    """Weighted overlap-add inverse of a centred STFT given as ``[B, T, F]`` (``n_fft`` a multiple of the hop).
+
+    Same result as ``torch.istft(spec.transpose(1, 2), ..., center=True, length=length)``, written as
+    ``n_fft / hop`` shifted block sums, which is several times faster on the CPU than ``torch.istft``'s fold.
+    """
+    batch_size, num_frames, _ = spec.shape
+    n_fft = window.shape[0]
+    overlap = n_fft // hop_length
+    frames = torch.fft.irfft(spec, n=n_fft, dim=-1)  # [B, T, n_fft]
+    frames.mul_(window)
+    blocks = frames.reshape(batch_size, num_frames, overlap, hop_length)
+    summed = frames.new_zeros(batch_size, num_frames + overlap - 1, hop_length)
+    envelope = window.new_zeros(num_frames + overlap - 1, hop_length)
+    squared_window = window.square().reshape(overlap, hop_length)
+    for part in range(overlap):
+        summed[:, part : part + num_frames] += blocks[:, :, part]
+        envelope[part : part + num_frames] += squared_window[part]
+    start = n_fft // 2
+    summed = summed.reshape(batch_size, -1)[:, start : start + length]
+    return summed / envelope.reshape(-1)[start : start + length]
+
+
+def linspace_ramp(position: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+    """``torch.linspace(0, 1, length)[position]`` for per-example lengths (broadcastable, integer-valued).
+
+    Evaluated as torch.linspace does: step ``1/(L-1)``, the first half counted up from 0 and the second half down
+    from 1; ``L = 1`` gives 0. Positions outside ``[0, L)`` give meaningless values.
+    """
+    step = torch.where(length > 1, 1.0 / (length - 1).clamp(min=1).to(torch.float32), 0.0)
+    half = (length // 2).clamp(min=1)  # L = 1: position 0 takes the first branch, 0 * step = 0
+    return torch.where(position < half, position * step, 1.0 - step * (length - 1 - position))
+
+
+def fade_curve(ramp: torch.Tensor, shape: str, fade_in: bool) -> torch.Tensor:
+    """Gain of ``torchaudio.transforms.Fade`` of ``shape`` at ramp values in [0, 1], clamped to [0, 1] as there."""
+    if fade_in:
+        curves = {
+            "linear": lambda t: t,
+            "exponential": lambda t: torch.pow(2.0, t - 1.0) * t,
+            "logarithmic": lambda t: torch.log10(0.1 + t) + 1.0,
+            "quarter_sine": lambda t: torch.sin(t * math.pi / 2.0),
+            "half_sine": lambda t: torch.sin(t * math.pi - math.pi / 2.0) / 2.0 + 0.5,
+        }
+    else:
+        curves = {
+            "linear": lambda t: -t + 1.0,
+            "exponential": lambda t: torch.pow(2.0, -t) * (1.0 - t),
+            "logarithmic": lambda t: torch.log10(1.1 - t) + 1.0,
+            "quarter_sine": lambda t: torch.sin(t * math.pi / 2.0 + math.pi / 2.0),
+            "half_sine": lambda t: torch.sin(t * math.pi + math.pi / 2.0) / 2.0 + 0.5,
+        }
+    if shape not in curves:
+        raise ValueError(f"unknown fade shape {shape!r}; known: {FADE_SHAPES}")
+    return curves[shape](ramp).clamp(0.0, 1.0)
+
+
+class _Fade(BatchedAugmentation):
+    fade_in: bool = True
+
+    def __init__(
+        self,
+        p: float = 1.0,
+        shapes: tuple[str, ...] = ("linear", "logarithmic", "exponential"),
+        max_fraction: float = 0.5,
+    ) -> None:
+        super().__init__(p)
+        FadeConfig(p=p, shapes=tuple(shapes), max_fraction=max_fraction)  # validates
+        self.shapes = tuple(shapes)
+        self.max_fraction = float(max_fraction)
+
+    def randomize_parameters(self, batch_size: int, num_samples: int, generator: torch.Generator) -> Params:
+        return {
+            "apply": self._draw_apply(batch_size, generator),
+            "shape": _choice(len(self.shapes), batch_size, generator),
+            "length": _uniform_int(0, int(self.max_fraction * num_samples), batch_size, generator),
+        }
+
+    def ramp_span(self, num_samples: int) -> int:
+        """Number of samples at the start (fade in) or end (fade out) that a ramp can cover."""
+        return min(int(self.max_fraction * num_samples), num_samples)
+
+    def gain(self, params: Params, num_samples: int, device: torch.device) -> torch.Tensor:
+        """Per-example gains ``[B, S]`` over the first (fade in) or last (fade out) ``S = ramp_span(N)`` samples.
+
+        Gains are 1 outside each example's ramp; ramp lengths above ``S`` are clamped to ``S``.
+        """
+        params = _params_to(params, device)
+        span = self.ramp_span(num_samples)
+        # Positions and lengths as float32 (exact below 2**24 samples): less memory traffic than int64.
+        length = params["length"].clamp(0, span).to(torch.float32)[:, None]
+        index = torch.arange(span, device=device, dtype=torch.float32)[None, :]
+        if self.fade_in:
+            position = index
+            in_ramp = position < length
+        else:
+            position = index - (span - length)
+            in_ramp = position >= 0
+        ramp = linspace_ramp(position, length)
+        shape = params["shape"][:, None]
+        curve = fade_curve(ramp, self.shapes[0], self.fade_in)
+        for shape_index, shape_name in enumerate(self.shapes[1:], start=1):
+            curve = torch.where(shape == shape_index, fade_curve(ramp, shape_name, self.fade_in), curve)
+        return torch.where(in_ramp, curve, 1.0)
+
+    def apply_transform(self, x: torch.Tensor, params: Params) -> torch.Tensor:
+        _check_waveforms(x, type(self).__name__)
+        num_samples = x.shape[-1]
+        span = self.ramp_span(num_samples)
+        gain = self.gain(params, num_samples, x.device).to(x.dtype)
+        faded = x.clone()
+        if self.fade_in:
+            faded[:, :span] *= gain
+        else:
+            faded[:, num_samples - span :] *= gain
+        return _keep_unselected(params["apply"], faded, x)
+
+
+class FadeIn(_Fade):
+    """Fade in: shape uniform among ``shapes``, ramp length uniform in [0, max_fraction * N]; torchaudio's curves."""
+
+    fade_in = True
+
+
+class FadeOut(_Fade):
+    """Fade out: shape uniform among ``shapes``, ramp length uniform in [0, max_fraction * N]; torchaudio's curves."""
+
+    fade_in = False
+
+
+class AddNoise(BatchedAugmentation):
+    """Add white, pink or brown noise at an exact per-example SNR.
+
+    The noise is drawn in the frequency domain: a complex Gaussian spectrum shaped by ``f**(-alpha/2)`` (power
+    ``1/f**alpha``, alpha 0, 1, 2), no DC, then an inverse real FFT. It is scaled so that
+    ``10 log10(mean(x**2) / mean(noise**2))`` equals the drawn SNR; a silent clip gets no noise.
+    """
+
+    def __init__(
+        self,
+        p: float = 1.0,
+        colours: tuple[str, ...] = ("white", "pink", "brown"),
+        min_snr_db: float = 3.0,
+        max_snr_db: float = 30.0,
+    ) -> None:
+        super().__init__(p)
+        NoiseConfig(p=p, colours=tuple(colours), min_snr_db=min_snr_db, max_snr_db=max_snr_db)  # validates
+        self.colours = tuple(colours)
+        self.min_snr_db = float(min_snr_db)
+        self.max_snr_db = float(max_snr_db)
+        self.register_buffer(
+            "exponents", torch.tensor([NOISE_EXPONENTS[c] for c in self.colours], dtype=torch.float32), persistent=False
+        )
+
+    def randomize_parameters(self, batch_size: int, num_samples: int, generator: torch.Generator) -> Params:
+        num_bins = num_samples // 2 + 1
+        device = generator.device
+        return {
+            "apply": self._draw_apply(batch_size, generator),
+            "colour": _choice(len(self.colours), batch_size, generator),
+            "snr_db": _uniform(self.min_snr_db, self.max_snr_db, batch_size, generator),
+            "spectrum": torch.randn(batch_size, num_bins, generator=generator, device=device, dtype=torch.complex64),
+        }
+
+    def noise(self, params: Params, num_samples: int, device: torch.device) -> torch.Tensor:
+        """The coloured noise ``[B, N]`` before scaling (arbitrary level)."""
+        params = _params_to(params, device)
+        num_bins = num_samples // 2 + 1
+        alpha = self.exponents.to(device)[params["colour"]]  # [B]
+        log_bin = torch.log(torch.arange(1, num_bins, device=device, dtype=torch.float32))
+        amplitude = torch.exp(-0.5 * alpha[:, None] * log_bin[None, :])
+        amplitude = torch.cat([torch.zeros_like(amplitude[:, :1]), amplitude], dim=1)  # no DC
+        return torch.fft.irfft(params["spectrum"] * amplitude, n=num_samples, dim=-1)
+
+    def apply_transform(self, x: torch.Tensor, params: Params) -> torch.Tensor:
+        _check_waveforms(x, "AddNoise")
+        noise = self.noise(params, x.shape[-1], x.device).to(x.dtype)
+        params = _params_to(params, x.device)
+        signal_power = x.pow(2).mean(dim=-1)
+        noise_power = noise.pow(2).mean(dim=-1).clamp_min(torch.finfo(x.dtype).tiny)
+        target_power = signal_power / torch.pow(10.0, params["snr_db"].to(x.dtype) / 10.0)
+        scale = torch.sqrt(target_power / noise_power)
+        return _keep_unselected(params["apply"], x + scale[:, None] * noise, x)
+
+
+class TimeMask(BatchedAugmentation):
+    """Replace a segment (length uniform in [0, max_fraction * N], uniform position) by noise or zeros.
+
+    The noise is white Gaussian at the clip's RMS; it is chosen with probability ``noise_probability``.
+    """
+
+    def __init__(self, p: float = 1.0, max_fraction: float = 0.125, noise_probability: float = 0.5) -> None:
+        super().__init__(p)
+        TimeMaskConfig(p=p, max_fraction=max_fraction, noise_probability=noise_probability)  # validates
+        self.max_fraction = float(max_fraction)
+        self.noise_probability = float(noise_probability)
+
+    def randomize_parameters(self, batch_size: int, num_samples: int, generator: torch.Generator) -> Params:
+        max_length = int(self.max_fraction * num_samples)
+        length = _uniform_int(0, max_length, batch_size, generator)
+        return {
+            "apply": self._draw_apply(batch_size, generator),
+            "length": length,
+            "start": _uniform_int(0, num_samples - length, batch_size, generator),
+            "use_noise": torch.rand(batch_size, generator=generator, device=generator.device) < self.noise_probability,
+            "noise": torch.randn(batch_size, max(max_length, 1), generator=generator, device=generator.device),
+        }
+
+    def apply_transform(self, x: torch.Tensor, params: Params) -> torch.Tensor:
+        _check_waveforms(x, "TimeMask")
+        params = _params_to(params, x.device)
+        noise = params["noise"].to(x.dtype)
+        start = params["start"].clamp(0, x.shape[-1])[:, None]
+        length = torch.minimum(params["length"].clamp(0, noise.shape[1])[:, None], x.shape[-1] - start)
+        index = torch.arange(x.shape[-1], device=x.device)[None, :]
+        inside = (index >= start) & (index < start + length)
+        # Row b's masked samples, in order, take noise[b, :length[b]] (scaled to the clip's RMS) or zeros.
+        rms = x.pow(2).mean(dim=-1, keepdim=True).sqrt()
+        fill = noise * (rms * params["use_noise"][:, None].to(x.dtype))
+        used = torch.arange(noise.shape[1], device=x.device)[None, :] < length
+        masked = x.masked_scatter(inside, fill[used])
+        return _keep_unselected(params["apply"], masked, x)
+
+
+class TimeShift(BatchedAugmentation):
+    """Circular roll by a per-example integer uniform in [-max_fraction * N, max_fraction * N] (numpy.roll sign)."""
+
+    def __init__(self, p: float = 1.0, max_fraction: float = 0.5) -> None:
+        super().__init__(p)
+        TimeShiftConfig(p=p, max_fraction=max_fraction)  # validates
+        self.max_fraction = float(max_fraction)
+
+    def randomize_parameters(self, batch_size: int, num_samples: int, generator: torch.Generator) -> Params:
+        max_shift = int(self.max_fraction * num_samples)
+        return {
+            "apply": self._draw_apply(batch_size, generator),
+            "shift": _uniform_int(-max_shift, max_shift, batch_size, generator),
+        }
+
+    def apply_transform(self, x: torch.Tensor, params: Params) -> torch.Tensor:
+        _check_waveforms(x, "TimeShift")
+        params = _params_to(params, x.device)
+        num_samples = x.shape[-1]
+        # roll(x, s)[n] = x[(n - s) mod N]: the length-N window of [x, x] that starts at (-s) mod N.
+        start = torch.remainder(-params["shift"], num_samples)
+        windows = torch.cat([x, x], dim=1).unfold(1, num_samples, 1)  # [B, N + 1, N] view
+        rolled = windows[torch.arange(x.shape[0], device=x.device), start]
+        return _keep_unselected(params["apply"], rolled, x)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Spectrogram op
+# --------------------------------------------------------------------------------------------------------------
+
+
+class TimeStretch(BatchedAugmentation):
+    """Time stretch of a (mel) power spectrogram ``[B, M, T]`` by a per-example rate, keeping T frames.
+
+    Output frame j is source position ``j * rate`` (linear interpolation between frames); positions past the last
+    frame are zero. ``num_samples`` in ``randomize_parameters`` is the number of frames (unused).
+    """
+
+    def __init__(self, p: float = 1.0, min_rate: float = 0.5, max_rate: float = 1.5) -> None:
+        super().__init__(p)
+        TimeStretchConfig(p=p, min_rate=min_rate, max_rate=max_rate)  # validates
+        self.min_rate = float(min_rate)
+        self.max_rate = float(max_rate)
+
+    def randomize_parameters(self, batch_size: int, num_samples: int, generator: torch.Generator) -> Params:
+        return {
+            "apply": self._draw_apply(batch_size, generator),
+            "rate": _uniform(self.min_rate, self.max_rate, batch_size, generator),
+        }
+
+    def apply_transform(self, x: torch.Tensor, params: Params) -> torch.Tensor:
+        if x.dim() != 3:
+            raise ValueError(f"TimeStretch expects spectrograms of shape [batch, bins, frames], got {tuple(x.shape)}")
+        params = _params_to(params, x.device)
+        num_frames = x.shape[-1]
+        frames = torch.arange(num_frames, device=x.device, dtype=torch.float32)
+        source = frames[None, :] * params["rate"][:, None].float()
+        inside = source <= num_frames - 1
+        lower = torch.floor(source).clamp(max=num_frames - 1)
+        weight = (source - lower).clamp(0.0, 1.0).to(x.dtype)[:, None, :]
+        lower = lower.long()
+        upper = (lower + 1).clamp(max=num_frames - 1)
+        index_shape = (x.shape[0], x.shape[1], num_frames)
+        stretched = x.gather(2, lower[:, None, :].expand(index_shape)) * (1.0 - weight)
+        stretched = stretched + x.gather(2, upper[:, None, :].expand(index_shape)) * weight
+        stretched = stretched * inside[:, None, :].to(x.dtype)
+        return _keep_unselected(params["apply"], stretched, x)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Pipeline
+# --------------------------------------------------------------------------------------------------------------
+
+#: Ops applied to the waveform, in chain order (``time_stretch`` follows on the mel power spectrogram).
+WAVEFORM_OPS: tuple[str, ...] = ("pitch_shift", "fade_in", "fade_out", "noise", "time_mask", "time_shift")
+
+
+def build_ops(config: ClarConfig) -> dict[str, BatchedAugmentation]:
+    """The seven ops of ``config``, keyed by CLAR name."""
+    c = config
+    return {
+        "pitch_shift": PitchShift(
+            c.pitch_shift.p,
+            c.pitch_shift.min_semitones,
+            c.pitch_shift.max_semitones,
+            c.pitch_shift.n_fft,
+            c.pitch_shift.hop_length,
+        ),
+        "fade_in": FadeIn(c.fade_in.p, c.fade_in.shapes, c.fade_in.max_fraction),
+        "fade_out": FadeOut(c.fade_out.p, c.fade_out.shapes, c.fade_out.max_fraction),
+        "noise": AddNoise(c.noise.p, c.noise.colours, c.noise.min_snr_db, c.noise.max_snr_db),
+        "time_mask": TimeMask(c.time_mask.p, c.time_mask.max_fraction, c.time_mask.noise_probability),
+        "time_shift": TimeShift(c.time_shift.p, c.time_shift.max_fraction),
+        "time_stretch": TimeStretch(c.time_stretch.p, c.time_stretch.min_rate, c.time_stretch.max_rate),
+    }
+
+
+def active_ops(descriptor: torch.Tensor | list[float] | tuple[float, ...]) -> list[str]:
+    """Names of the ops whose descriptor entry is >= 0.5 (descriptor of length 7 in ``CLAR_NAMES`` order)."""
+    values = torch.as_tensor(descriptor).detach().flatten()
+    if values.numel() != len(CLAR_NAMES):
+        raise ValueError(
+            f"descriptor must have {len(CLAR_NAMES)} entries (one per {CLAR_NAMES}), got shape {tuple(values.shape)}"
+        )
+    bits = values.float().cpu().tolist()
+    return [name for name, bit in zip(CLAR_NAMES, bits) if bit >= 0.5]
+
+
+class ClarAugment(nn.Module):
+    """The CLAR chain for one invariance descriptor: waveforms ``[B, N]`` -> normalised log-mel ``[B, 1, M, T]``.
+
+    Args:
+        config: op parameters; ``ClarConfig()`` when omitted.
+        frontend: the log-mel encoder (its normalisation statistics are used); ``LogMel()`` when omitted.
+    """
+
+    def __init__(self, config: ClarConfig | None = None, frontend: LogMel | None = None) -> None:
+        super().__init__()
+        self.config = config if config is not None else ClarConfig()
+        self.frontend = frontend if frontend is not None else LogMel()
+        self.ops = nn.ModuleDict(build_ops(self.config))
+
+    def augment_waveform(
+        self, wave: torch.Tensor, descriptor: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
+        """Apply the active waveform ops (all but ``time_stretch``) in chain order."""
+        _check_waveforms(wave, "ClarAugment")
+        active = set(active_ops(descriptor))
+        for name in WAVEFORM_OPS:
+            if name in active:
+                wave = self.ops[name](wave, generator)
+        return wave
+
+    def forward(self, wave: torch.Tensor, descriptor: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """One augmented view of each clip.
+
+        Args:
+            wave: float waveforms ``[B, N]`` at the frontend's sample rate.
+            descriptor: ``[7]`` invariance bits in ``CLAR_NAMES`` order; entries < 0.5 switch an op off.
+            generator: the only source of randomness (parameters are drawn on its device).
+        """
+        active = active_ops(descriptor)
+        wave = self.augment_waveform(wave, descriptor, generator)
+        mel = self.frontend.mel_power(wave)
+        if "time_stretch" in active:
+            mel = self.ops["time_stretch"](mel, generator)
+        return self.frontend.normalize(self.frontend.log(mel)).unsqueeze(1)

@@ -49,13 +49,24 @@ def run_demo(out: Path, config_path: Path, overrides: list[str]) -> str:
         f"({config.data.crop_seconds:g} s crops), run dir {config.run_dir}",
         f"  loss            {records[0]['loss']:.3f} (first {config.trainer.log_every} steps) -> "
         f"{records[-1]['loss']:.3f} (last {config.trainer.log_every})",
-        f"  speed           {sum(r['examples_per_s'] for r in records) / len(records):.1f} clips/s on the CPU",
+        f"  speed           {training_rate(records, config.trainer.batch_size):.1f} clips/s on the CPU",
         f"  descriptor use  mean cosine between features of one clip under two descriptors: "
         f"{dependence:.3f} (1.0 would mean the descriptor is ignored)",
         f"  checkpoint      {summary.get('checkpoint')}",
         f"  wall time       {elapsed:.0f} s",
     ]
     return "\n".join(lines)
+
+
+def training_rate(records: list[dict], batch_size: int) -> float:
+    """Clips per second over the whole run: total clips over the summed time of the logged windows."""
+    seconds, steps, previous = 0.0, 0, 0
+    for record in records:
+        window = record["step"] - previous
+        seconds += window / record["steps_per_s"]
+        steps += window
+        previous = record["step"]
+    return steps * batch_size / seconds
 
 
 @torch.no_grad()

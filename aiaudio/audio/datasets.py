@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from aiaudio.audio.cache import ClipEntry
@@ -20,6 +20,31 @@ _FSD50K_TRUTH = "FSD50K.ground_truth"
 
 class DatasetError(ValueError):
     """Dataset metadata is missing or malformed."""
+
+
+def _keyed_rows(csv_path: Path, required: Sequence[str], key_column: str) -> Iterator[tuple[str, str, dict[str, str]]]:
+    """``(where, key, row)`` for every row of a headed CSV whose ``required`` columns exist and whose keys are unique.
+
+    ``where`` names the file and line for error messages; an empty or repeated key is an error.
+    """
+    if not csv_path.is_file():
+        raise DatasetError(f"{csv_path} is missing")
+    seen: set[str] = set()
+    with open(csv_path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        columns = reader.fieldnames or []
+        missing = [column for column in required if column not in columns]
+        if missing:
+            raise DatasetError(f"{csv_path} lacks column(s) {', '.join(missing)}; its header is {columns}")
+        for row in reader:
+            where = f"{csv_path} line {reader.line_num}"
+            key = (row[key_column] or "").strip()
+            if not key:
+                raise DatasetError(f"{where}: empty {key_column!r}")
+            if key in seen:
+                raise DatasetError(f"{where}: {key_column} {key!r} appears twice")
+            seen.add(key)
+            yield where, key, row
 
 
 def fsd50k_vocabulary(root: str | os.PathLike) -> list[str]:
@@ -82,35 +107,21 @@ def fsd50k_entries(root: str | os.PathLike, split: str) -> list[ClipEntry]:
         raise DatasetError(f"FSD50K ground truth not found: {csv_path} is missing")
 
     entries: list[ClipEntry] = []
-    seen: set[str] = set()
-    with open(csv_path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        missing = [column for column in required if column not in columns]
-        if missing:
-            raise DatasetError(f"{csv_path} lacks column(s) {', '.join(missing)}; its header is {columns}")
-        for row in reader:
-            where = f"{csv_path} line {reader.line_num}"
-            fname = (row["fname"] or "").strip()
-            if not fname:
-                raise DatasetError(f"{where}: empty fname")
-            if fname in seen:
-                raise DatasetError(f"{where}: fname {fname!r} appears twice")
-            seen.add(fname)
-            if part == "dev":
-                row_split = (row["split"] or "").strip()
-                if row_split not in ("train", "val"):
-                    raise DatasetError(f"{where}: split is {row_split!r}, expected 'train' or 'val'")
-                if split != "dev" and row_split != split:
-                    continue
-            labels = tuple(label for label in (row["labels"] or "").split(",") if label)
-            unknown = [label for label in labels if label not in vocabulary]
-            if unknown:
-                raise DatasetError(
-                    f"{where} (fname {fname}): label(s) {', '.join(map(repr, unknown))} not in the vocabulary "
-                    f"{root / _FSD50K_TRUTH / 'vocabulary.csv'}"
-                )
-            entries.append(ClipEntry(key=fname, path=audio_dir / f"{fname}.wav", labels=labels))
+    for where, fname, row in _keyed_rows(csv_path, required, "fname"):
+        if part == "dev":
+            row_split = (row["split"] or "").strip()
+            if row_split not in ("train", "val"):
+                raise DatasetError(f"{where}: split is {row_split!r}, expected 'train' or 'val'")
+            if split != "dev" and row_split != split:
+                continue
+        labels = tuple(label for label in (row["labels"] or "").split(",") if label)
+        unknown = [label for label in labels if label not in vocabulary]
+        if unknown:
+            raise DatasetError(
+                f"{where} (fname {fname}): label(s) {', '.join(map(repr, unknown))} not in the vocabulary "
+                f"{root / _FSD50K_TRUTH / 'vocabulary.csv'}"
+            )
+        entries.append(ClipEntry(key=fname, path=audio_dir / f"{fname}.wav", labels=labels))
     return entries
 
 
@@ -167,28 +178,12 @@ def csv_entries(
     """
     csv_path = Path(csv_path)
     root = csv_path.parent if root is None else Path(root)
-    if not csv_path.is_file():
-        raise DatasetError(f"clip list {csv_path} is missing")
     entries: list[ClipEntry] = []
-    seen: set[str] = set()
-    with open(csv_path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        missing = [column for column in (path_column, *label_columns) if column not in columns]
-        if missing:
-            raise DatasetError(f"{csv_path} lacks column(s) {', '.join(missing)}; its header is {columns}")
-        for row in reader:
-            where = f"{csv_path} line {reader.line_num}"
-            key = (row[path_column] or "").strip()
-            if not key:
-                raise DatasetError(f"{where}: empty {path_column!r}")
-            if key in seen:
-                raise DatasetError(f"{where}: path {key!r} appears twice")
-            seen.add(key)
-            labels: list[str] = []
-            for column in label_columns:
-                cell = (row[column] or "").strip()
-                parts = cell.split(label_separator) if label_separator else [cell]
-                labels.extend(part.strip() for part in parts if part.strip())
-            entries.append(ClipEntry(key=key, path=root / key, labels=tuple(labels)))
+    for _, key, row in _keyed_rows(csv_path, (path_column, *label_columns), path_column):
+        labels: list[str] = []
+        for column in label_columns:
+            cell = (row[column] or "").strip()
+            parts = cell.split(label_separator) if label_separator else [cell]
+            labels.extend(part.strip() for part in parts if part.strip())
+        entries.append(ClipEntry(key=key, path=root / key, labels=tuple(labels)))
     return entries

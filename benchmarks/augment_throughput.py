@@ -21,7 +21,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from aiaudio.audio.frontend import LogMel  # noqa: E402
 from aiaudio.audio.reference import REFERENCE_METHODS, ReferenceClarChain  # noqa: E402
 from aiaudio.engine.runtime import tune_cpu_allocator  # noqa: E402
 from aiaudio.invariance import CLAR_NAMES  # noqa: E402
+from machine import machine_info  # noqa: E402
 
 SAMPLE_RATE = 16000
 def _cpu_times() -> list[int] | None:
@@ -45,18 +45,6 @@ def _cpu_times() -> list[int] | None:
             return [int(v) for v in stat.readline().split()[1:9]]
     except (OSError, ValueError):
         return None
-
-
-def _cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo, else what ``platform`` knows."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def make_clips(count: int, seconds: float, seed: int = 0) -> np.ndarray:
@@ -216,17 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     results["batched"]["ms_per_batch_by_op"] = batched_runner.ms_per_batch_by_op()
     ratio = results["batched"]["views_per_s"] / results["reference"]["views_per_s"]
     report = {
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "cpu": _cpu_model(),
-            "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-            "device": str(device),
-            "device_name": (
-                torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_model()
-            ),
-            "glibc_malloc_tuned": malloc_tuned,
-        },
+        "machine": {**machine_info(device), "glibc_malloc_tuned": malloc_tuned},
         "setup": {
             "clip_seconds": args.clip_seconds,
             "sample_rate": SAMPLE_RATE,

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import time
 
@@ -22,6 +20,7 @@ import torch
 
 from aiaudio.config import from_dict
 from aiaudio.pretrain import PretrainConfig, build_pretrainer
+from machine import machine_info
 
 
 def measure(encoder: str, args: argparse.Namespace, device: torch.device) -> dict:
@@ -116,9 +115,7 @@ def main() -> None:
     plain, hyper = results
     report = {
         "benchmark": "pretrain_step",
-        "device": torch.cuda.get_device_name(device) if cuda else platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
+        "machine": machine_info(device),
         "batch_size": args.batch_size,
         "seconds": args.seconds,
         "width": args.width,

@@ -35,7 +35,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     from aiaudio.pretrain import run_cache
 
     config = _load(args.config, args.overrides)
-    report = run_cache(config, progress=not args.quiet)
+    report = run_cache(config, progress=not args.quiet, overwrite=args.overwrite)
     print(report.summary())
     return 0
 
@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="key.sub=value")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true", help="replace a cache built from different clips")
     p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("pretrain", help="pretrain (or resume) a contrastive model; works under torchrun")
@@ -106,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``aiaudio`` console script."""
     from aiaudio.engine.trainer import NonFiniteLossError
 
+    from aiaudio.audio.cache import CacheError
+    from aiaudio.audio.datasets import DatasetError
     from aiaudio.engine.runtime import tune_cpu_allocator
 
     parser = build_parser()
@@ -114,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     tune_cpu_allocator()
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError) as error:
+    except (ConfigError, FileNotFoundError, CacheError, DatasetError) as error:
         print(f"aiaudio {args.command}: error: {error}", file=sys.stderr)
         return 2
     except NonFiniteLossError as error:

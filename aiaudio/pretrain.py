@@ -198,12 +198,12 @@ def cache_entries(config: DataConfig) -> list:
     return folder_entries(root)
 
 
-def run_cache(config: PretrainConfig, progress: bool = True) -> CacheReport:
-    """Build (or confirm) the waveform cache of the configured data."""
+def run_cache(config: PretrainConfig, progress: bool = True, overwrite: bool = False) -> CacheReport:
+    """Build (or confirm) the waveform cache of the configured data; ``overwrite`` rebuilds a different one."""
     data = config.data
     return build_cache(
         cache_entries(data), data.resolved_cache_dir(), sample_rate=data.sample_rate, workers=data.cache_workers,
-        progress=progress, source=f"{data.format}:{data.root}:{data.split}",
+        progress=progress, overwrite=overwrite, source=f"{data.format}:{data.root}:{data.split}",
     )
 
 

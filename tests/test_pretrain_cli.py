@@ -103,3 +103,12 @@ def test_missing_cache_and_bad_keys_are_clear_errors(tmp_path):
     assert result.returncode == 2 and "aiaudio cache" in result.stderr
     result = run(["pretrain", CONFIG, "trainer.lrr=1"])
     assert result.returncode == 2 and "trainer.lrr" in result.stderr
+
+
+def test_cache_reports_bad_metadata_as_an_error_naming_the_file(tmp_path):
+    (tmp_path / "FSD50K.ground_truth").mkdir()
+    (tmp_path / "FSD50K.ground_truth" / "vocabulary.csv").write_text("0,Bark,/m/05tny_\n")
+    (tmp_path / "FSD50K.ground_truth" / "dev.csv").write_text("fname,labels,mids,split\n1,Meow,/m/07qrkrw,train\n")
+    result = run(["cache", CONFIG, f"data.root={tmp_path}", f"data.cache_dir={tmp_path / 'cache'}", "--quiet"])
+    assert result.returncode == 2
+    assert "dev.csv" in result.stderr and "Meow" in result.stderr and "Traceback" not in result.stderr

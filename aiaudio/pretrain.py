@@ -87,6 +87,8 @@ class InvarianceConfig:
     def __post_init__(self) -> None:
         if self.mode not in ("amortised", "fixed"):
             raise ValueError(f"invariance.mode must be amortised or fixed, got {self.mode!r}")
+        if self.mode == "amortised" and self.fixed is not None:
+            raise ValueError("invariance.fixed is only used with invariance.mode=fixed; remove it or set the mode")
 
 
 @dataclass

@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aiaudio.audio.augment import ClarAugment, ClarConfig  # noqa: E402
+from aiaudio.audio.augment import PITCH_DOMAINS, ClarAugment, ClarConfig, PitchShiftConfig  # noqa: E402
 from aiaudio.audio.frontend import LogMel  # noqa: E402
 from aiaudio.audio.reference import REFERENCE_METHODS, ReferenceClarChain  # noqa: E402
 from aiaudio.engine.runtime import tune_cpu_allocator  # noqa: E402
@@ -67,8 +67,9 @@ def _sync(device: torch.device) -> None:
 class BatchedRunner:
     """``ClarAugment`` with every op on, over batches cycling through the clips."""
 
-    def __init__(self, clips: np.ndarray, device: torch.device, batch_size: int) -> None:
-        self.chain = ClarAugment(ClarConfig(), LogMel()).to(device)
+    def __init__(self, clips: np.ndarray, device: torch.device, batch_size: int, pitch_domain: str) -> None:
+        config = ClarConfig(pitch_shift=PitchShiftConfig(domain=pitch_domain))
+        self.chain = ClarAugment(config, LogMel()).to(device)
         self.pool = torch.from_numpy(clips).to(device)
         self.device = device
         self.batch_size = batch_size
@@ -167,6 +168,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="reference pool size")
     parser.add_argument("--reference-method", choices=REFERENCE_METHODS, default="signalsmith_stretch")
     parser.add_argument("--no-malloc-tuning", action="store_true")
+    parser.add_argument(
+        "--pitch-domain", choices=PITCH_DOMAINS, default="waveform", help="where the batched chain shifts pitch"
+    )
     args = parser.parse_args(argv)
 
     if args.device == "auto":
@@ -178,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     clips = make_clips(args.clips, args.clip_seconds)
 
     reference_runner = ReferenceRunner(clips, args.workers, args.reference_method)
-    batched_runner = BatchedRunner(clips, device, batch_size)
+    batched_runner = BatchedRunner(clips, device, batch_size, args.pitch_domain)
     reference_runner.run(0.0)  # warm-up: imports, JIT compilation, first allocations
     batched_runner.run(0.0)
     # Alternate the two sides in short rounds so that both see the same background load.
@@ -212,6 +216,7 @@ def main(argv: list[str] | None = None) -> None:
             "batch_size": batch_size,
             "reference_workers": args.workers,
             "reference_method": args.reference_method,
+            "pitch_domain": args.pitch_domain,
             "timing_seconds_per_side": args.seconds,
             "alternating_rounds": args.rounds,
         },

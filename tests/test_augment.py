@@ -17,6 +17,7 @@ from aiaudio.audio.augment import (
     FadeIn,
     FadeOut,
     PitchShift,
+    SpectralPitchShift,
     TimeMask,
     TimeShift,
     TimeStretch,
@@ -81,6 +82,38 @@ def test_pitch_shift_of_a_late_onset_and_zero_shift() -> None:
     assert 12.0 * np.log2(_peak_hz(out[0].numpy()) / 330.0) == pytest.approx(-7.0, abs=0.5)
     assert float(out[0, : int(0.7 * SR)].abs().max()) < 0.05 * float(out[0].abs().max())  # silence stays silent
     torch.testing.assert_close(out[1], x[1], atol=1e-4, rtol=0)  # a zero shift reconstructs the input
+
+
+def _interpolated_peak_bin(power: np.ndarray) -> float:
+    """Sub-bin position of the largest bin of a power spectrum (parabola through the log powers around it)."""
+    k = int(np.argmax(power[1:-1])) + 1
+    a, b, c = np.log(power[k - 1 : k + 2] + 1e-30)
+    return k + 0.5 * (a - c) / (a - 2 * b + c)
+
+
+def test_spectral_pitch_shift_moves_the_peak_by_the_requested_semitones() -> None:
+    f0 = 660.0
+    frontend = LogMel()
+    x = torch.from_numpy(_harmonic(f0, 2.0)).repeat(len(SEMITONES), 1)
+    params = {"apply": torch.ones(len(SEMITONES), dtype=torch.bool), "semitones": torch.tensor(SEMITONES)}
+    shifted = SpectralPitchShift().apply_transform(frontend.power_spectrogram(x), params)
+    bin_hz = SR / frontend.config.n_fft
+    for row, semitones in zip(shifted.mean(dim=2).numpy(), SEMITONES):
+        measured = 12.0 * np.log2(_interpolated_peak_bin(row) * bin_hz / f0)
+        assert measured == pytest.approx(semitones, abs=0.5), f"requested {semitones}, measured {measured:.2f}"
+
+
+def test_spectrogram_domain_pitch_shift_in_the_chain_matches_a_tone_at_the_shifted_pitch() -> None:
+    config = from_dict(ClarConfig, {"pitch_shift": {"domain": "spectrogram", "min_semitones": 7, "max_semitones": 7}})
+    chain = ClarAugment(config, LogMel())
+    only_pitch = torch.tensor([1.0, 0, 0, 0, 0, 0, 0])
+    view = chain(torch.from_numpy(_harmonic(440.0, 1.0))[None], only_pitch, _generator())
+    expected = chain.frontend(torch.from_numpy(_harmonic(440.0 * 2 ** (7 / 12), 1.0))[None])
+    peak = lambda v: int(v[0, 0].mean(dim=1).argmax())  # noqa: E731
+    assert abs(peak(view) - peak(expected)) <= 1
+    assert peak(view) != peak(chain.frontend(torch.from_numpy(_harmonic(440.0, 1.0))[None]))
+    with pytest.raises(ValueError, match="domain"):
+        from_dict(ClarConfig, {"pitch_shift": {"domain": "fourier"}})
 
 
 # ------------------------------------------------------------------------------------------------------------ stretch

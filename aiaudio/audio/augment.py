@@ -17,7 +17,11 @@ Two ops are reformulated so that they batch well; both keep the meaning of the C
   frequency does the same job at a fixed length: output bin ``k`` reads the magnitude and the instantaneous
   frequency of source position ``k / r`` (linear interpolation), the frequency is multiplied by ``r``, and the
   output phase is the running sum of those frequencies over frames, as in a phase vocoder. A partial at ``f`` moves
-  to ``r * f`` with its envelope in time unchanged; everything is a gather with a per-example index.
+  to ``r * f`` with its envelope in time unchanged; everything is a gather with a per-example index. With
+  ``augment.pitch_shift.domain: spectrogram`` the same warp of magnitudes acts on the power spectrogram instead
+  (:class:`SpectralPitchShift`), between the STFT and the mel projection: several times cheaper, but after the other
+  waveform ops rather than before them (added noise is then warped too; white, pink and brown noise keep their
+  colour under a frequency warp, only their level per bin changes).
 * **Time stretch on the mel power spectrogram.** A phase-vocoder stretch keeps each frame's magnitude spectrum and
   resamples the frame sequence in time; the mel projection is linear and acts on each frame separately, so resampling
   frames of the mel power spectrogram is the same operation after the projection, at 1/4 of the size and without
@@ -41,6 +45,7 @@ FADE_SHAPES: tuple[str, ...] = ("linear", "logarithmic", "exponential", "quarter
 NOISE_EXPONENTS: dict[str, float] = {"white": 0.0, "pink": 1.0, "brown": 2.0}
 
 Params = dict[str, torch.Tensor]
+PITCH_DOMAINS: tuple[str, ...] = ("waveform", "spectrogram")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -65,16 +70,24 @@ def _check_fraction(owner: str, name: str, value: float) -> None:
 
 @dataclass
 class PitchShiftConfig:
-    """Pitch shift by a uniform number of semitones; STFT size and hop of the phase vocoder."""
+    """Pitch shift by a uniform number of semitones.
+
+    ``domain``: "waveform" (CLAR's order: first, on the waveform, by a phase-vocoder warp with STFT size ``n_fft``
+    and hop ``hop_length``) or "spectrogram" (a warp of the power spectrogram before the mel projection, after the
+    waveform ops; several times cheaper).
+    """
 
     p: float = 1.0
     min_semitones: float = -15.0
     max_semitones: float = 15.0
     n_fft: int = 1024
     hop_length: int = 256
+    domain: str = "waveform"
 
     def __post_init__(self) -> None:
         _check_probability("PitchShiftConfig", self.p)
+        if self.domain not in PITCH_DOMAINS:
+            raise ValueError(f"PitchShiftConfig.domain must be one of {PITCH_DOMAINS}, got {self.domain!r}")
         _check_range("PitchShiftConfig", "min_semitones", self.min_semitones, "max_semitones", self.max_semitones)
         if self.hop_length < 1 or self.n_fft % self.hop_length != 0 or self.n_fft // self.hop_length < 2:
             raise ValueError(
@@ -321,12 +334,8 @@ class PitchShift(BatchedAugmentation):
         # Output bin k reads source position k / ratio (per example), linearly interpolated along the bins; bins
         # whose source lies above Nyquist are zero.
         ratio = torch.pow(2.0, params["semitones"].to(x.dtype) / 12.0)  # [B]
-        source = bins[None, :] / ratio[:, None]  # [B, F]
-        inside = (source <= num_bins - 1).to(x.dtype)[:, None, :]
-        lower = torch.floor(source).clamp(max=num_bins - 1)
-        weight = (source - lower)[:, None, :]
-        lower = lower.long()
-        upper = (lower + 1).clamp(max=num_bins - 1)
+        source, lower, upper, weight, inside = _bin_warp(ratio, num_bins)
+        weight, inside = weight[:, None, :], inside[:, None, :]
         index_shape = (batch_size, num_frames, num_bins)
         lower_index = lower[:, None, :].expand(index_shape)
         upper_index = upper[:, None, :].expand(index_shape)
@@ -351,6 +360,59 @@ class PitchShift(BatchedAugmentation):
         input_rms = x.pow(2).mean(dim=-1, keepdim=True).sqrt()
         output_rms = shifted.pow(2).mean(dim=-1, keepdim=True).sqrt()
         shifted.mul_(input_rms / output_rms.clamp_min(torch.finfo(x.dtype).tiny))
+        return _keep_unselected(params["apply"], shifted, x)
+
+
+def _bin_warp(ratio: torch.Tensor, num_bins: int) -> tuple[torch.Tensor, ...]:
+    """Where output bin ``k`` reads from when frequencies are scaled by ``ratio`` (per example): position ``k / ratio``.
+
+    Returns ``(source, lower, upper, weight, inside)``, each ``[B, F]``: the fractional source position, its two
+    neighbouring bins, the linear-interpolation weight of ``upper``, and 1 where the source lies below Nyquist (0
+    above, where the output is silent).
+    """
+    bins = torch.arange(num_bins, device=ratio.device, dtype=ratio.dtype)
+    source = bins[None, :] / ratio[:, None]
+    inside = (source <= num_bins - 1).to(ratio.dtype)
+    lower = torch.floor(source).clamp(max=num_bins - 1)
+    weight = source - lower
+    lower = lower.long()
+    upper = (lower + 1).clamp(max=num_bins - 1)
+    return source, lower, upper, weight, inside
+
+
+class SpectralPitchShift(BatchedAugmentation):
+    """Pitch shift on a power spectrogram ``[B, F, T]``: output bin ``k`` reads source position ``k / r``.
+
+    The fast alternative to :class:`PitchShift` (``augment.pitch_shift.domain: spectrogram``): a gather along
+    frequency, applied between the STFT and the mel projection, so it follows the waveform ops instead of preceding
+    them. Partials move to ``r * f`` with their level kept; bins whose source lies above Nyquist are silent.
+
+    Args:
+        p: probability of shifting an example.
+        min_semitones, max_semitones: range of the uniform shift.
+    """
+
+    def __init__(self, p: float = 1.0, min_semitones: float = -15.0, max_semitones: float = 15.0) -> None:
+        super().__init__(p)
+        self.min_semitones = float(min_semitones)
+        self.max_semitones = float(max_semitones)
+
+    def randomize_parameters(self, batch_size: int, num_samples: int, generator: torch.Generator) -> Params:
+        return {
+            "apply": self._draw_apply(batch_size, generator),
+            "semitones": _uniform(self.min_semitones, self.max_semitones, batch_size, generator),
+        }
+
+    def apply_transform(self, x: torch.Tensor, params: Params) -> torch.Tensor:
+        if x.dim() != 3:
+            raise ValueError(f"SpectralPitchShift expects a power spectrogram [batch, bins, frames], got {tuple(x.shape)}")
+        params = _params_to(params, x.device)
+        ratio = torch.pow(2.0, params["semitones"].to(x.dtype) / 12.0)
+        _, lower, upper, weight, inside = _bin_warp(ratio, x.shape[1])
+        index_shape = x.shape
+        shifted = x.gather(1, lower[:, :, None].expand(index_shape))
+        shifted = shifted.lerp_(x.gather(1, upper[:, :, None].expand(index_shape)), weight[:, :, None])
+        shifted = shifted.mul_(inside[:, :, None])
         return _keep_unselected(params["apply"], shifted, x)
 
 
@@ -674,16 +736,21 @@ class TimeStretch(BatchedAugmentation):
 WAVEFORM_OPS: tuple[str, ...] = ("pitch_shift", "fade_in", "fade_out", "noise", "time_mask", "time_shift")
 
 
+#: Op types that act on waveforms ``[B, N]``.
+_WAVEFORM_TYPES = (PitchShift, FadeIn, FadeOut, AddNoise, TimeMask, TimeShift)
+
+
 def build_ops(config: ClarConfig) -> dict[str, BatchedAugmentation]:
     """The seven ops of ``config``, keyed by CLAR name."""
     c = config
     return {
-        "pitch_shift": PitchShift(
-            c.pitch_shift.p,
-            c.pitch_shift.min_semitones,
-            c.pitch_shift.max_semitones,
-            c.pitch_shift.n_fft,
-            c.pitch_shift.hop_length,
+        "pitch_shift": (
+            PitchShift(
+                c.pitch_shift.p, c.pitch_shift.min_semitones, c.pitch_shift.max_semitones, c.pitch_shift.n_fft,
+                c.pitch_shift.hop_length,
+            )
+            if c.pitch_shift.domain == "waveform"
+            else SpectralPitchShift(c.pitch_shift.p, c.pitch_shift.min_semitones, c.pitch_shift.max_semitones)
         ),
         "fade_in": FadeIn(c.fade_in.p, c.fade_in.shapes, c.fade_in.max_fraction),
         "fade_out": FadeOut(c.fade_out.p, c.fade_out.shapes, c.fade_out.max_fraction),
@@ -722,11 +789,11 @@ class ClarAugment(nn.Module):
     def augment_waveform(
         self, wave: torch.Tensor, descriptor: torch.Tensor, generator: torch.Generator
     ) -> torch.Tensor:
-        """Apply the active waveform ops (all but ``time_stretch``) in chain order."""
+        """Apply the active waveform ops in chain order (not ``time_stretch``, nor a spectrogram-domain pitch shift)."""
         _check_waveforms(wave, "ClarAugment")
         active = set(active_ops(descriptor))
         for name in WAVEFORM_OPS:
-            if name in active:
+            if name in active and isinstance(self.ops[name], _WAVEFORM_TYPES):
                 wave = self.ops[name](wave, generator)
         return wave
 
@@ -740,7 +807,11 @@ class ClarAugment(nn.Module):
         """
         active = active_ops(descriptor)
         wave = self.augment_waveform(wave, descriptor, generator)
-        mel = self.frontend.mel_power(wave)
+        if "pitch_shift" in active and isinstance(self.ops["pitch_shift"], SpectralPitchShift):
+            power = self.ops["pitch_shift"](self.frontend.power_spectrogram(wave), generator)
+            mel = self.frontend.mel_from_power(power)
+        else:
+            mel = self.frontend.mel_power(wave)
         if "time_stretch" in active:
             mel = self.ops["time_stretch"](mel, generator)
         return self.frontend.normalize(self.frontend.log(mel)).unsqueeze(1)

@@ -89,6 +89,16 @@ class LogMel(nn.Module):
             raise ValueError(f"LogMel.mel_power expects waveforms of shape [batch, samples], got {tuple(wave.shape)}")
         return self.melspec(wave)
 
+    def power_spectrogram(self, wave: torch.Tensor) -> torch.Tensor:
+        """Linear power STFT ``[B, n_fft // 2 + 1, T]`` (the first half of :meth:`mel_power`)."""
+        if wave.dim() != 2:
+            raise ValueError(f"LogMel.power_spectrogram expects [batch, samples], got {tuple(wave.shape)}")
+        return self.melspec.spectrogram(wave)
+
+    def mel_from_power(self, power: torch.Tensor) -> torch.Tensor:
+        """Mel power ``[B, n_mels, T]`` from a power STFT (the second half of :meth:`mel_power`)."""
+        return self.melspec.mel_scale(power)
+
     @staticmethod
     def log(mel_power: torch.Tensor) -> torch.Tensor:
         """``10 * log10(mel_power + 2.22e-16)`` (decibels, no reference, no clipping)."""

@@ -265,7 +265,23 @@ class BatchedAugmentation(nn.Module):
 # --------------------------------------------------------------------------------------------------------------
 
 
-class PitchShift(BatchedAugmentation):
+class _SemitoneShift(BatchedAugmentation):
+    """Shared by the two pitch shifts: per-example semitones uniform in [min_semitones, max_semitones]."""
+
+    def __init__(self, p: float = 1.0, min_semitones: float = -15.0, max_semitones: float = 15.0) -> None:
+        super().__init__(p)
+        _check_range(type(self).__name__, "min_semitones", min_semitones, "max_semitones", max_semitones)
+        self.min_semitones = float(min_semitones)
+        self.max_semitones = float(max_semitones)
+
+    def randomize_parameters(self, batch_size: int, num_samples: int, generator: torch.Generator) -> Params:
+        return {
+            "apply": self._draw_apply(batch_size, generator),
+            "semitones": _uniform(self.min_semitones, self.max_semitones, batch_size, generator),
+        }
+
+
+class PitchShift(_SemitoneShift):
     """Pitch shift by a per-example number of semitones: a phase-vocoder warp of the STFT along frequency.
 
     Args:
@@ -282,19 +298,11 @@ class PitchShift(BatchedAugmentation):
         n_fft: int = 1024,
         hop_length: int = 256,
     ) -> None:
-        super().__init__(p)
         PitchShiftConfig(p, min_semitones, max_semitones, n_fft, hop_length)  # validates
-        self.min_semitones = float(min_semitones)
-        self.max_semitones = float(max_semitones)
+        super().__init__(p, min_semitones, max_semitones)
         self.n_fft = int(n_fft)
         self.hop_length = int(hop_length)
         self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
-
-    def randomize_parameters(self, batch_size: int, num_samples: int, generator: torch.Generator) -> Params:
-        return {
-            "apply": self._draw_apply(batch_size, generator),
-            "semitones": _uniform(self.min_semitones, self.max_semitones, batch_size, generator),
-        }
 
     def apply_transform(self, x: torch.Tensor, params: Params) -> torch.Tensor:
         _check_waveforms(x, "PitchShift")
@@ -380,7 +388,7 @@ def _bin_warp(ratio: torch.Tensor, num_bins: int) -> tuple[torch.Tensor, ...]:
     return source, lower, upper, weight, inside
 
 
-class SpectralPitchShift(BatchedAugmentation):
+class SpectralPitchShift(_SemitoneShift):
     """Pitch shift on a power spectrogram ``[B, F, T]``: output bin ``k`` reads source position ``k / r``.
 
     The fast alternative to :class:`PitchShift` (``augment.pitch_shift.domain: spectrogram``): a gather along
@@ -391,17 +399,6 @@ class SpectralPitchShift(BatchedAugmentation):
         p: probability of shifting an example.
         min_semitones, max_semitones: range of the uniform shift.
     """
-
-    def __init__(self, p: float = 1.0, min_semitones: float = -15.0, max_semitones: float = 15.0) -> None:
-        super().__init__(p)
-        self.min_semitones = float(min_semitones)
-        self.max_semitones = float(max_semitones)
-
-    def randomize_parameters(self, batch_size: int, num_samples: int, generator: torch.Generator) -> Params:
-        return {
-            "apply": self._draw_apply(batch_size, generator),
-            "semitones": _uniform(self.min_semitones, self.max_semitones, batch_size, generator),
-        }
 
     def apply_transform(self, x: torch.Tensor, params: Params) -> torch.Tensor:
         if x.dim() != 3:

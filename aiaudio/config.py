@@ -60,17 +60,6 @@ def apply_overrides(config: dict[str, Any], overrides: Sequence[str]) -> dict[st
     return result
 
 
-def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    """Recursively merge ``update`` into a copy of ``base``."""
-    result = _deep_copy(dict(base))
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(result.get(key), dict):
-            result[key] = merge(result[key], value)
-        else:
-            result[key] = _deep_copy(value)
-    return result
-
-
 def _deep_copy(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {k: _deep_copy(v) for k, v in value.items()}

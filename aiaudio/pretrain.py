@@ -210,14 +210,12 @@ def run_cache(config: PretrainConfig, progress: bool = True, overwrite: bool = F
 
 
 def open_cache(config: DataConfig) -> WaveformCache:
-    cache_dir = config.resolved_cache_dir()
-    if not (cache_dir / "meta.json").is_file():
-        raise FileNotFoundError(
-            f"no waveform cache at {cache_dir}: run `aiaudio cache CONFIG` with the same config and overrides first"
-        )
-    cache = WaveformCache(cache_dir)
+    """The configured waveform cache (a missing or broken one raises CacheError, which says to run `aiaudio cache`)."""
+    cache = WaveformCache(config.resolved_cache_dir())
     if cache.sample_rate != config.sample_rate:
-        raise ValueError(f"the cache at {cache_dir} is at {cache.sample_rate} Hz; data.sample_rate is {config.sample_rate}")
+        raise ConfigError(
+            f"the cache at {cache.directory} is at {cache.sample_rate} Hz; data.sample_rate is {config.sample_rate}"
+        )
     return cache
 
 

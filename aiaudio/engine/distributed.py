@@ -75,21 +75,6 @@ def rank_and_world() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def barrier() -> None:
-    """Wait for every rank (no-op in a single process)."""
-    if is_distributed():
-        dist.barrier()
-
-
-def all_reduce_max(value: float, device: torch.device) -> float:
-    """The maximum of ``value`` over ranks."""
-    if not is_distributed():
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t.item())
-
-
 def cleanup() -> None:
     """Leave the process group if one is active."""
     if dist.is_available() and dist.is_initialized():

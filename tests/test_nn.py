@@ -306,8 +306,12 @@ def test_bad_shapes_raise_clear_value_errors():
     x = torch.randn(2, 1, 32, 32)
     with pytest.raises(ValueError, match=r"shape \[3\]"):
         model(x, torch.ones(4))
-    with pytest.raises(ValueError, match="one descriptor for the whole batch"):
-        model(x, torch.ones(2, 3))
+    with pytest.raises(ValueError, match="eval mode"):
+        model.train()(x, torch.ones(2, 3))
+    with pytest.raises(ValueError, match="equal groups"):
+        model.eval()(torch.randn(3, 1, 32, 32), torch.ones(2, 3))
+    with pytest.raises(ValueError, match=r"\[G, 3\]"):
+        model(x, torch.ones(1, 2, 3))
     with pytest.raises(ValueError, match=r"\[B, 1, H, W\]"):
         model(torch.randn(2, 3, 32, 32), torch.ones(3))
     with pytest.raises(ValueError, match=r"\[B, 1, H, W\]"):
@@ -322,6 +326,38 @@ def test_bad_shapes_raise_clear_value_errors():
         build_encoder("vit")
     with pytest.raises(ValueError, match=r"\[B, 1, H, W\]"):
         build_encoder("resnet18", width=0.125)(torch.randn(2, 3, 32, 32))
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_per_group_descriptors_equal_separate_calls(name):
+    """One call with descriptors [G, K] equals G calls with one descriptor each, on the matching rows."""
+    torch.manual_seed(5)
+    model = _tiny_hyper(name, inv_dim=3, zero_init_last=False).eval()
+    x = torch.randn(6, 1, 40, 48)
+    descriptors = torch.tensor([[1.0, 0.0, 1.0], [0.2, 0.9, 0.5], [0.0, 0.0, 0.0]])
+    grouped = model(x, descriptors)
+    separate = torch.cat([model(x[2 * g : 2 * g + 2], descriptors[g]) for g in range(3)])
+    torch.testing.assert_close(grouped, separate, rtol=1e-3, atol=1e-4)
+    assert not torch.allclose(grouped[:2], model(x[:2], descriptors[1]), atol=1e-3)
+
+
+def test_descriptor_gradients_of_groups_are_independent():
+    """The loss of group 0 has zero gradient with respect to the descriptor of group 1, and vice versa."""
+    torch.manual_seed(6)
+    model = _tiny_hyper(inv_dim=3, zero_init_last=False).eval().requires_grad_(False)
+    descriptors = torch.full((2, 3), 0.5, requires_grad=True)
+    out = model(torch.randn(4, 1, 32, 32), descriptors)
+    (grad,) = torch.autograd.grad(out[:2].sum(), descriptors)
+    assert grad[0].abs().sum() > 0 and torch.all(grad[1] == 0)
+
+
+@pytest.mark.parametrize("kind", ["hyper_resnet18", "resnet18", "resnet50"])
+def test_forward_after_stem_composes_to_forward(kind):
+    torch.manual_seed(7)
+    width = 1.0 if kind == "resnet50" else 0.125  # width 1 is timm's own ResNet
+    model = build_encoder(kind, in_chans=1, inv_dim=3, width=width, zero_init_last=False).eval()
+    x, i = torch.randn(2, 1, 32, 40), torch.tensor([1.0, 0.0, 1.0])
+    torch.testing.assert_close(model.forward_after_stem(model.forward_stem(x), i), model(x, i))
 
 
 def test_channels_last_input_and_model_give_the_same_output():

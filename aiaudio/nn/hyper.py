@@ -3,7 +3,8 @@
 A residual block maps the descriptor ``i in [0, 1]^K`` to a block embedding ``e = W_e i`` (:class:`InvarianceEmbedding`,
 no bias, so ``i = 0`` gives ``e = 0``). Each :class:`HyperConv2d` of the block turns ``e`` into its kernel with a small
 MLP ``Linear(E, hidden) -> ReLU -> Linear(hidden, out * in * k * k)`` and convolves with it. The kernel is generated
-once per forward call from one descriptor shared by the whole batch.
+once per forward call from one descriptor shared by the whole batch, or from one descriptor per group of consecutive
+examples (few-shot evaluation learns one descriptor per episode and runs all episodes in one grouped convolution).
 
 Initialisation. The last layer's bias is the *base kernel* (what every descriptor shares); its weight times the
 hidden activations is the *descriptor-dependent* part of the kernel.
@@ -31,17 +32,46 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def check_descriptor(descriptor: torch.Tensor, inv_dim: int) -> None:
-    """Raise a ValueError unless ``descriptor`` is a tensor of shape ``[inv_dim]`` (one descriptor per batch)."""
+def check_descriptor(descriptor: torch.Tensor, inv_dim: int, batch_size: int | None = None) -> None:
+    """Raise a ValueError unless ``descriptor`` has shape ``[inv_dim]`` (one descriptor for the whole batch) or
+    ``[G, inv_dim]`` (one descriptor per group of ``batch_size / G`` consecutive examples; ``G`` must divide
+    ``batch_size`` when it is given)."""
     if not isinstance(descriptor, torch.Tensor):
         raise ValueError(
-            f"the invariance descriptor must be a torch.Tensor of shape [{inv_dim}], got {type(descriptor)}"
+            f"the invariance descriptor must be a torch.Tensor of shape [{inv_dim}] or [G, {inv_dim}], "
+            f"got {type(descriptor)}"
         )
-    if descriptor.shape != (inv_dim,):
+    if descriptor.dim() not in (1, 2) or descriptor.shape[-1] != inv_dim or descriptor.numel() == 0:
         raise ValueError(
-            f"the invariance descriptor must have shape [{inv_dim}] (one descriptor for the whole batch), "
-            f"got shape {list(descriptor.shape)}"
+            f"the invariance descriptor must have shape [{inv_dim}] (one descriptor for the whole batch) or "
+            f"[G, {inv_dim}] (one per group of examples), got shape {list(descriptor.shape)}"
         )
+    if descriptor.dim() == 2 and batch_size is not None and batch_size % descriptor.shape[0] != 0:
+        raise ValueError(
+            f"{descriptor.shape[0]} descriptors cannot split a batch of {batch_size} examples into equal groups"
+        )
+
+
+def grouped_conv2d(
+    x: torch.Tensor, kernels: torch.Tensor, stride: int, padding: int
+) -> torch.Tensor:
+    """Convolve group ``g`` of ``x`` with ``kernels[g]``, all groups in one call.
+
+    Args:
+        x: ``[G * n, C, H, W]``, the examples of group ``g`` at rows ``g * n`` to ``(g + 1) * n - 1``.
+        kernels: ``[G, O, C, k, k]``.
+        stride: convolution stride.
+        padding: zero padding on each side.
+
+    Returns:
+        ``[G * n, O, H', W']`` in the same row order.
+    """
+    groups, out_channels, in_channels = kernels.shape[:3]
+    n = x.shape[0] // groups
+    height, width = x.shape[-2:]
+    stacked = x.reshape(groups, n, in_channels, height, width).transpose(0, 1).reshape(n, groups * in_channels, height, width)
+    out = F.conv2d(stacked, kernels.reshape(groups * out_channels, *kernels.shape[2:]), None, stride, padding, groups=groups)
+    return out.reshape(n, groups, out_channels, *out.shape[-2:]).transpose(0, 1).reshape(groups * n, out_channels, *out.shape[-2:])
 
 
 class InvarianceEmbedding(nn.Linear):
@@ -63,7 +93,7 @@ class InvarianceEmbedding(nn.Linear):
         nn.init.normal_(self.weight, std=1.0 / math.sqrt(typical_active_bits))
 
     def forward(self, descriptor: torch.Tensor) -> torch.Tensor:
-        """Embed one descriptor ``[K]`` (any float dtype or device) into ``[E]``."""
+        """Embed a descriptor ``[K]`` (or ``[G, K]``; any float dtype or device) into ``[E]`` (or ``[G, E]``)."""
         check_descriptor(descriptor, self.in_features)
         descriptor = descriptor.to(device=self.weight.device, dtype=self.weight.dtype)
         with torch.autocast(self.weight.device.type, enabled=False):
@@ -144,26 +174,33 @@ class HyperConv2d(nn.Module):
         return self.hidden_to_kernel.bias.view(self.kernel_shape)
 
     def generate_kernel(self, embedding: torch.Tensor) -> torch.Tensor:
-        """The kernel ``[out, in, k, k]`` for a block embedding ``[E]``, in parameter precision (autocast off)."""
-        if embedding.shape != (self.embed_dim,):
+        """The kernel ``[out, in, k, k]`` for a block embedding ``[E]`` (or ``[G, out, in, k, k]`` for ``[G, E]``),
+        in parameter precision (autocast off)."""
+        if embedding.dim() not in (1, 2) or embedding.shape[-1] != self.embed_dim:
             raise ValueError(
-                f"HyperConv2d expects a block embedding of shape [{self.embed_dim}], got {list(embedding.shape)}"
+                f"HyperConv2d expects a block embedding of shape [{self.embed_dim}] or [G, {self.embed_dim}], "
+                f"got {list(embedding.shape)}"
             )
         weight = self.hidden_to_kernel.weight
         with torch.autocast(weight.device.type, enabled=False):
             hidden = F.relu(self.embed_to_hidden(embedding.to(weight.dtype)))
-            return self.hidden_to_kernel(hidden).view(self.kernel_shape)
+            return self.hidden_to_kernel(hidden).view(*embedding.shape[:-1], *self.kernel_shape)
 
     def forward(self, x: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
         """Convolve ``x`` ``[B, in, H, W]`` with the kernel generated from ``embedding`` ``[E]``.
 
-        Under autocast the kernel is cast to the autocast dtype; for channels-last input it is made channels-last too.
+        With embeddings ``[G, E]``, ``x`` holds G equal groups of consecutive examples and group ``g`` is convolved
+        with the kernel of ``embedding[g]`` (see :func:`grouped_conv2d`). Under autocast the kernel is cast to the autocast dtype; for channels-last input it is made channels-last too.
         """
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"HyperConv2d expects input [B, {self.in_channels}, H, W], got {list(x.shape)}")
         kernel = self.generate_kernel(embedding)
         if torch.is_autocast_enabled(x.device.type):
             kernel = kernel.to(torch.get_autocast_dtype(x.device.type))
+        if kernel.dim() == 5:
+            if x.shape[0] % kernel.shape[0] != 0:
+                raise ValueError(f"{kernel.shape[0]} descriptors cannot split a batch of {x.shape[0]} into equal groups")
+            return grouped_conv2d(x, kernel, self.stride, self.padding)
         if x.is_contiguous(memory_format=torch.channels_last):
             kernel = kernel.contiguous(memory_format=torch.channels_last)
         return F.conv2d(x, kernel, None, self.stride, self.padding)

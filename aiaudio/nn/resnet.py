@@ -204,15 +204,28 @@ class _ResNet(nn.Module):
             shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x)
             raise ValueError(f"{type(self).__name__} expects input of shape [B, {self.in_chans}, H, W], got {shape}")
 
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        """The static stem (7x7 conv, BN, ReLU, max-pool): independent of the descriptor, so it can be cached."""
+        self._check_input(x)
+        return resnet_stem(self, x)
+
     def _features(self, x: torch.Tensor, descriptor: torch.Tensor | None) -> torch.Tensor:
-        x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
+        return self._blocks(resnet_stem(self, x), descriptor)
+
+    def _blocks(self, x: torch.Tensor, descriptor: torch.Tensor | None) -> torch.Tensor:
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
             for block in stage:
                 x = block(x, descriptor)
         return x
 
-    def _head(self, features: torch.Tensor) -> torch.Tensor:
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Global average pooling, then the classifier (the identity when ``num_classes == 0``)."""
         return self.fc(F.adaptive_avg_pool2d(features, 1).flatten(1))
+
+
+def resnet_stem(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The stem of a ResNet laid out as timm's (``conv1``, ``bn1``, ``act1``, ``maxpool``): ours or timm's."""
+    return model.maxpool(model.act1(model.bn1(model.conv1(x))))
 
 
 class HyperResNet(_ResNet):
@@ -269,14 +282,29 @@ class HyperResNet(_ResNet):
         self.dependence = dependence
 
     def forward_features(self, x: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
-        """Feature map ``[B, num_features, H / 32, W / 32]`` of ``x`` ``[B, in_chans, H, W]`` for descriptor ``i``."""
+        """Feature map ``[B, num_features, H / 32, W / 32]`` of ``x`` ``[B, in_chans, H, W]`` for descriptor ``i``.
+
+        ``i`` is ``[K]`` for the whole batch, or ``[G, K]``: G equal groups of consecutive examples, each with its own
+        descriptor (BatchNorm must then be in eval mode, or its batch statistics would mix the groups).
+        """
         self._check_input(x)
-        check_descriptor(i, self.inv_dim)
-        return self._features(x, i)
+        return self.forward_after_stem_features(resnet_stem(self, x), i)
+
+    def forward_after_stem_features(self, stem: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+        """The residual stages applied to a stem output (see :meth:`forward_stem`) for descriptor(s) ``i``."""
+        check_descriptor(i, self.inv_dim, stem.shape[0])
+        if i.dim() == 2 and self.training and i.shape[0] > 1:
+            raise ValueError("per-group descriptors need the model in eval mode (BatchNorm would mix the groups)")
+        return self._blocks(stem, i)
+
+    def forward_after_stem(self, stem: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+        """Pooled features from a stem output: ``forward(x, i) == forward_after_stem(forward_stem(x), i)``."""
+        return self.forward_head(self.forward_after_stem_features(stem, i))
 
     def forward(self, x: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
-        """Pooled features ``[B, num_features]`` (or logits if ``num_classes > 0``) for descriptor ``i`` ``[K]``."""
-        return self._head(self.forward_features(x, i))
+        """Pooled features ``[B, num_features]`` (or logits if ``num_classes > 0``) for descriptor ``i`` ``[K]``
+        (or ``[G, K]``, one per group of consecutive examples)."""
+        return self.forward_head(self.forward_features(x, i))
 
     def hypernetwork_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters of every hypernetwork and block embedding (everything else is static)."""
@@ -317,7 +345,7 @@ class StaticResNet(_ResNet):
         return self._features(x, None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._head(self.forward_features(x))
+        return self.forward_head(self.forward_features(x))
 
 
 class PlainEncoder(nn.Module):
@@ -341,6 +369,17 @@ class PlainEncoder(nn.Module):
     def forward_features(self, x: torch.Tensor, i: torch.Tensor | None = None) -> torch.Tensor:
         self._check_input(x)
         return self.backbone.forward_features(x)
+
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        return resnet_stem(self.backbone, x)
+
+    def forward_after_stem(self, stem: torch.Tensor, i: torch.Tensor | None = None) -> torch.Tensor:
+        """Pooled features from a stem output; the descriptor is ignored."""
+        backbone = self.backbone
+        for stage in (backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4):
+            stem = stage(stem)
+        return backbone.forward_head(stem)
 
     def forward(self, x: torch.Tensor, i: torch.Tensor | None = None) -> torch.Tensor:
         self._check_input(x)

@@ -89,11 +89,8 @@ class InvarianceSpace:
         return torch.ones(self.dim)
 
     def quantize(self, descriptor: torch.Tensor, bits: int) -> torch.Tensor:
-        """Q(i; b): round each entry of ``descriptor`` (in [0, 1]) to the nearest of 2**b evenly spaced levels."""
-        if bits < 1:
-            raise ValueError(f"quantisation needs bits >= 1, got {bits}")
-        levels = 2**bits - 1
-        return torch.round(descriptor.clamp(0.0, 1.0) * levels) / levels
+        """Q(i; b): see :func:`quantize`."""
+        return quantize(descriptor, bits)
 
     def to_vector(self, invariance: Mapping[str, float] | Sequence[float] | torch.Tensor) -> torch.Tensor:
         """A descriptor vector from a mapping of every factor name to its strength, or from a sequence of K numbers.
@@ -140,6 +137,14 @@ class InvarianceSpace:
         active = [n for n, v in zip(self.names, self.to_vector(descriptor).tolist()) if v >= 0.5]
         return "+".join(active) if active else "none"
 
+
+
+def quantize(descriptor: torch.Tensor, bits: int) -> torch.Tensor:
+    """Q(i; b): round each entry of ``descriptor`` (in [0, 1]) to the nearest of 2**b evenly spaced levels."""
+    if bits < 1:
+        raise ValueError(f"quantisation needs bits >= 1, got {bits}")
+    levels = 2**bits - 1
+    return torch.round(descriptor.clamp(0.0, 1.0) * levels) / levels
 
 
 def clar_space(min_active: int = 2) -> InvarianceSpace:

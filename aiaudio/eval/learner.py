@@ -1,0 +1,305 @@
+"""Few-shot learners over a frozen encoder: a linear readout and, for amortised encoders, the invariance ``i``.
+
+Per episode, a linear head on L2-normalised features and (optionally) a continuous descriptor ``i in [0, 1]^K``
+(init 0.5) are learned jointly with Adam on the support set; ``i`` is projected back into ``[0, 1]`` after every step.
+Many episodes run at once: episode ``e`` has its own head and descriptor, and the encoder runs all episodes' support
+sets in one grouped pass (see :func:`aiaudio.nn.hyper.grouped_conv2d`). Each episode stops on its own once its support
+loss has stopped improving; stopped episodes leave the batch, so the work shrinks as episodes converge. Adam is
+per-element and each episode's loss depends only on its own parameters, so a batch of episodes gives the same result
+as the same episodes one at a time.
+
+The encoder side is an :class:`EpisodeEncoder`: ``prepare`` computes once, per episode batch, whatever does not depend
+on ``i`` (the stem of a Hyper-ResNet, or whole features of a frozen encoder), ``features`` finishes the computation
+for one descriptor per episode.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from aiaudio.eval.episodes import Episodes, SegmentPool
+from aiaudio.invariance import quantize
+
+#: ``inputs(segment indices [M]) -> model inputs [M, ...]`` on the evaluation device.
+InputFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class LearnerConfig:
+    """How each episode's readout (and invariance) is learned.
+
+    Attributes:
+        steps: step budget per episode.
+        lr: Adam learning rate of the linear head.
+        invariance_lr: Adam learning rate of the descriptor.
+        weight_decay: L2 penalty on the head weights (added to the loss).
+        init: initial value of every descriptor entry (the paper: 0.5).
+        tolerance: an episode counts a step as "no progress" when its support loss fell by less than this.
+        patience: an episode stops after this many consecutive steps without progress.
+        scale: logit scale; the head starts as the class prototypes (mean normalised support features) times it.
+        quantize_bits: round the learned descriptor to this many bits before predicting (None: no rounding).
+        episodes_per_batch: episodes run together on the device.
+    """
+
+    steps: int = 100
+    lr: float = 0.01
+    invariance_lr: float = 0.02
+    weight_decay: float = 0.0
+    init: float = 0.5
+    tolerance: float = 1e-4
+    patience: int = 10
+    scale: float = 10.0
+    quantize_bits: int | None = None
+    episodes_per_batch: int = 64
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.patience < 1 or self.episodes_per_batch < 1:
+            raise ValueError("learner: steps must be >= 0, patience and episodes_per_batch >= 1")
+        if not 0.0 <= self.init <= 1.0:
+            raise ValueError(f"learner.init must lie in [0, 1], got {self.init}")
+        if self.lr <= 0 or self.invariance_lr < 0 or self.weight_decay < 0 or self.scale <= 0:
+            raise ValueError("learner: lr and scale must be positive, invariance_lr and weight_decay >= 0")
+
+
+class EpisodeEncoder(Protocol):
+    """The encoder side of episode learning (see the module docstring)."""
+
+    learns_invariance: bool
+
+    def prepare(self, segments: torch.Tensor) -> torch.Tensor:
+        """The descriptor-independent part for segment indices ``[M]``."""
+        ...
+
+    def features(self, prepared: torch.Tensor, descriptors: torch.Tensor) -> torch.Tensor:
+        """Features ``[G * n, F]`` of prepared rows forming G equal groups, group ``g`` with ``descriptors[g]``."""
+        ...
+
+
+class AmortisedFeatures:
+    """A Hyper-ResNet (any encoder with ``forward_stem`` / ``forward_after_stem``) whose descriptor is learned.
+
+    Args:
+        encoder: the frozen encoder in eval mode.
+        inputs: model inputs for segment indices.
+    """
+
+    learns_invariance = True
+
+    def __init__(self, encoder: torch.nn.Module, inputs: InputFn) -> None:
+        self.encoder, self.inputs = encoder, inputs
+
+    @torch.no_grad()
+    def prepare(self, segments: torch.Tensor) -> torch.Tensor:
+        return self.encoder.forward_stem(self.inputs(segments))
+
+    def features(self, prepared: torch.Tensor, descriptors: torch.Tensor) -> torch.Tensor:
+        return self.encoder.forward_after_stem(prepared, descriptors)
+
+
+class FrozenFeatures:
+    """Features computed once (a plain encoder, or an amortised one at a fixed descriptor): nothing to learn in i.
+
+    Args:
+        table: ``[S, F]`` features of every segment of the pool.
+    """
+
+    learns_invariance = False
+
+    def __init__(self, table: torch.Tensor) -> None:
+        self.table = table
+
+    def prepare(self, segments: torch.Tensor) -> torch.Tensor:
+        return self.table[segments.to(self.table.device)]
+
+    def features(self, prepared: torch.Tensor, descriptors: torch.Tensor) -> torch.Tensor:
+        return prepared
+
+
+@torch.no_grad()
+def feature_table(
+    encoder: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+    inputs: InputFn,
+    num_segments: int,
+    descriptor: torch.Tensor | None,
+    batch_size: int = 128,
+) -> torch.Tensor:
+    """Features ``[S, F]`` of every segment at one descriptor (None for a plain encoder)."""
+    rows = [
+        encoder(inputs(torch.arange(start, min(start + batch_size, num_segments))), descriptor).float()
+        for start in range(0, num_segments, batch_size)
+    ]
+    return torch.cat(rows)
+
+
+@dataclass
+class EpisodeResults:
+    """Per-episode outcome: accuracy on the queries, learned descriptor, steps taken, final support loss."""
+
+    accuracy: torch.Tensor
+    descriptors: torch.Tensor
+    steps: torch.Tensor
+    support_loss: torch.Tensor
+
+    @staticmethod
+    def concat(parts: list[EpisodeResults]) -> EpisodeResults:
+        return EpisodeResults(*(torch.cat([getattr(p, f) for p in parts]) for f in ("accuracy", "descriptors", "steps", "support_loss")))
+
+
+@dataclass
+class _Head:
+    weight: torch.Tensor  # [E, N, F]
+    bias: torch.Tensor  # [E, N]
+    descriptors: torch.Tensor  # [E, K]
+
+
+class _MaskedAdam:
+    """Adam over per-episode parameter rows, updating only the rows of the active episodes."""
+
+    def __init__(self, tensors: list[torch.Tensor], lrs: list[float], betas: tuple[float, float] = (0.9, 0.999)) -> None:
+        self.tensors, self.lrs, self.betas = tensors, lrs, betas
+        self.m = [torch.zeros_like(t) for t in tensors]
+        self.v = [torch.zeros_like(t) for t in tensors]
+        self.count = torch.zeros(tensors[0].shape[0], device=tensors[0].device)
+
+    def step(self, rows: torch.Tensor, grads: list[torch.Tensor]) -> None:
+        beta1, beta2 = self.betas
+        self.count[rows] += 1
+        t = self.count[rows]
+        for tensor, m, v, lr, grad in zip(self.tensors, self.m, self.v, self.lrs, grads):
+            if lr == 0:
+                continue
+            shape = (-1,) + (1,) * (tensor.dim() - 1)
+            m[rows] = beta1 * m[rows] + (1 - beta1) * grad
+            v[rows] = beta2 * v[rows] + (1 - beta2) * grad * grad
+            m_hat = m[rows] / (1 - beta1**t).view(shape)
+            v_hat = v[rows] / (1 - beta2**t).view(shape)
+            tensor[rows] = tensor[rows] - lr * m_hat / (v_hat.sqrt() + 1e-8)
+
+
+def _support_loss(
+    encoder: EpisodeEncoder, prepared: torch.Tensor, labels: torch.Tensor, head: _Head, rows: torch.Tensor,
+    weight_decay: float,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Per-episode support loss of episodes ``rows`` and leaf copies of their head and descriptor rows."""
+    weight = head.weight[rows].requires_grad_()
+    bias = head.bias[rows].requires_grad_()
+    descriptors = head.descriptors[rows].requires_grad_(encoder.learns_invariance)
+    num, per = labels.shape[0], labels.shape[1]
+    chosen = prepared.view(num, per, *prepared.shape[1:])[rows].flatten(0, 1)
+    features = F.normalize(encoder.features(chosen, descriptors).float(), dim=-1).view(len(rows), per, -1)
+    logits = torch.einsum("enf,ecf->enc", features, weight) + bias.unsqueeze(1)
+    loss = F.cross_entropy(logits.flatten(0, 1), labels[rows].flatten(), reduction="none").view(len(rows), per).mean(1)
+    loss = loss + 0.5 * weight_decay * weight.pow(2).sum(dim=(1, 2))
+    return loss, [weight, bias, descriptors]
+
+
+def fit_episodes(
+    encoder: EpisodeEncoder, prepared: torch.Tensor, labels: torch.Tensor, ways: int, start: torch.Tensor,
+    config: LearnerConfig,
+) -> tuple[_Head, torch.Tensor, torch.Tensor]:
+    """Learn each episode's head (and descriptor) on its support set.
+
+    Args:
+        encoder: the encoder side.
+        prepared: ``[E * n, ...]`` prepared support rows, episode-major.
+        labels: ``[E, n]`` support labels in ``[0, ways)``.
+        ways: N.
+        start: ``[E, K]`` initial (or, without invariance learning, fixed) descriptors.
+        config: the learner's settings.
+
+    Returns:
+        The head, steps taken ``[E]`` and the last support loss ``[E]``.
+    """
+    num = labels.shape[0]
+    with torch.no_grad():
+        features = F.normalize(encoder.features(prepared, start).float(), dim=-1).view(num, labels.shape[1], -1)
+        one_hot = F.one_hot(labels, ways).float()  # [E, n, N]
+        prototypes = torch.einsum("enc,enf->ecf", one_hot, features) / one_hot.sum(1).clamp_min(1).unsqueeze(-1)
+    head = _Head(config.scale * F.normalize(prototypes, dim=-1), torch.zeros(num, ways, device=labels.device), start.clone())
+    invariance_lr = config.invariance_lr if encoder.learns_invariance else 0.0
+    adam = _MaskedAdam([head.weight, head.bias, head.descriptors], [config.lr, config.lr, invariance_lr])
+    steps = torch.zeros(num, dtype=torch.long, device=labels.device)
+    last = torch.full((num,), math.inf, device=labels.device)
+    quiet = torch.zeros(num, dtype=torch.long, device=labels.device)
+    active = torch.ones(num, dtype=torch.bool, device=labels.device)
+    for _ in range(config.steps):
+        rows = torch.nonzero(active).flatten()
+        if len(rows) == 0:
+            break
+        with torch.enable_grad():
+            loss, leaves = _support_loss(encoder, prepared, labels, head, rows, config.weight_decay)
+            needs = [leaf for leaf in leaves if leaf.requires_grad]
+            grads = torch.autograd.grad(loss.sum(), needs)
+        grads = list(grads) + [torch.zeros_like(leaves[2])] * (len(leaves) - len(needs))
+        with torch.no_grad():
+            adam.step(rows, grads)
+            head.descriptors.clamp_(0.0, 1.0)
+            progress = last[rows] - loss.detach()
+            quiet[rows] = torch.where(progress < config.tolerance, quiet[rows] + 1, 0)
+            last[rows] = loss.detach()
+            steps[rows] += 1
+            active[rows] = quiet[rows] < config.patience
+    return head, steps, last
+
+
+@torch.no_grad()
+def predict_clips(
+    encoder: EpisodeEncoder, pool: SegmentPool, clips: torch.Tensor, head: _Head, descriptors: torch.Tensor
+) -> torch.Tensor:
+    """Predicted way of each query clip ``[E, m]``: majority vote over its segments (ties: the larger summed
+    probability)."""
+    num, per = clips.shape
+    segments, valid = pool.query_segments(clips.cpu())
+    width = segments.shape[-1]
+    device = head.weight.device
+    features = encoder.features(encoder.prepare(segments.flatten().to(device)), descriptors)
+    features = F.normalize(features.float(), dim=-1).view(num, per * width, -1)
+    logits = (torch.einsum("esf,ecf->esc", features, head.weight) + head.bias.unsqueeze(1)).view(num, per, width, -1)
+    mask = valid.to(device).unsqueeze(-1).float()
+    votes = (F.one_hot(logits.argmax(-1), logits.shape[-1]).float() * mask).sum(2)
+    probability = (logits.softmax(-1) * mask).sum(2)
+    return (votes + probability / (width + 1)).argmax(-1)
+
+
+def run_episodes(
+    encoder: EpisodeEncoder, pool: SegmentPool, episodes: Episodes, config: LearnerConfig,
+    start: torch.Tensor, device: torch.device | str = "cpu",
+) -> EpisodeResults:
+    """Learn and score every episode, ``config.episodes_per_batch`` at a time.
+
+    Args:
+        encoder: the encoder side.
+        pool: the clips and segments the episodes index.
+        episodes: the episodes.
+        config: the learner's settings.
+        start: ``[K]`` initial descriptor (the fixed one when the encoder does not learn it).
+        device: where the learning runs.
+    """
+    parts = []
+    for begin in range(0, len(episodes), config.episodes_per_batch):
+        chunk = slice(begin, begin + config.episodes_per_batch)
+        support = episodes.support_segments[chunk]
+        num = support.shape[0]
+        labels = episodes.support_labels()[chunk].to(device)
+        prepared = encoder.prepare(support.flatten().to(device))
+        initial = start.to(device, torch.float32).expand(num, -1).clone()
+        head, steps, loss = fit_episodes(encoder, prepared, labels, episodes.ways, initial, config)
+        final = head.descriptors
+        if config.quantize_bits is not None and encoder.learns_invariance:
+            final = quantize(final, config.quantize_bits)
+        query = episodes.query_clips[chunk].flatten(1)
+        predicted = predict_clips(encoder, pool, query, head, final)
+        accuracy = (predicted == episodes.query_labels()[chunk].to(device)).float().mean(1)
+        parts.append(EpisodeResults(accuracy.cpu(), final.cpu(), steps.cpu(), loss.cpu()))
+    return EpisodeResults.concat(parts)
+
+
+def with_overrides(config: LearnerConfig, **changes: float) -> LearnerConfig:
+    """A copy of ``config`` with some fields changed (a point of a hyper-parameter sweep)."""
+    return replace(config, **changes)

@@ -50,6 +50,36 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fewshot(args: argparse.Namespace) -> int:
+    from aiaudio.fewshot import format_table, parse_fewshot_config, run_fewshot
+
+    config = parse_fewshot_config(apply_overrides(load_yaml(args.config), args.overrides))
+    report = run_fewshot(config)
+    print(format_table(report))
+    print(f"results written to {config.out_dir}")
+    return 0
+
+
+def cmd_measure(args: argparse.Namespace) -> int:
+    from aiaudio.measure import parse_measure_config, run_measure
+
+    config = parse_measure_config(apply_overrides(load_yaml(args.config), args.overrides))
+    result = run_measure(config)
+    print((Path(result["out_dir"]) / "invariance.md").read_text(encoding="utf-8"))
+    print("wrote " + ", ".join(result["files"]))
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from aiaudio.embed import run_embed
+
+    path = run_embed(
+        args.checkpoint, args.folder, args.out, args.invariance, args.seconds, args.batch_size, args.device, args.cache_dir
+    )
+    print(f"features written to {path}")
+    return 0
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from aiaudio.audio.synthetic import generate_synthetic
 
@@ -89,6 +119,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="key.sub=value")
     p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("fewshot", help="N-way K-shot evaluation with learned invariances (MetaAudio or synthetic)")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", help="key.sub=value, e.g. checkpoint=runs/x data.root=/data/ESC-50")
+    p.set_defaults(func=cmd_fewshot)
+
+    p = sub.add_parser("measure", help="invariance table and plots of a pretrained encoder")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", help="key.sub=value, e.g. checkpoint=runs/x data.root=/data/FSD50K")
+    p.set_defaults(func=cmd_measure)
+
+    p = sub.add_parser("embed", help="features of every audio file under a folder at a given invariance")
+    p.add_argument("checkpoint", help="a pretraining run directory or a checkpoint directory")
+    p.add_argument("folder", help="folder of audio files")
+    p.add_argument("out", help="output .npz (keys, features, invariance, factors)")
+    p.add_argument("--invariance", default=None, help='"all" (default), "pitch_shift=0.2,fade_in=1,..." or K numbers')
+    p.add_argument("--seconds", type=float, default=5.0, help="segment length; a clip's segment features are averaged")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--cache-dir", default=None, help="where the decoded waveforms are cached")
+    p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("synth", help="write the built-in synthetic data set (FSD50K layout)")
     p.add_argument("out")

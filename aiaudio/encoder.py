@@ -16,6 +16,7 @@ import yaml
 from torch import nn
 
 from aiaudio.audio.frontend import LogMel
+from aiaudio.config import ConfigError
 from aiaudio.engine.checkpoint import load_weights, resolve_checkpoint
 from aiaudio.invariance import InvarianceSpace
 
@@ -57,9 +58,12 @@ class PretrainedEncoder(nn.Module):
         ``"all"``) or None (all on)."""
         if invariance is None or (isinstance(invariance, str) and invariance.strip() == "all"):
             return self.space.all_on()
-        if isinstance(invariance, str):
-            return self.space.parse(invariance)
-        return self.space.to_vector(invariance)
+        try:
+            if isinstance(invariance, str):
+                return self.space.parse(invariance)
+            return self.space.to_vector(invariance)
+        except (KeyError, ValueError) as error:
+            raise ConfigError(f"invariance {invariance!r}: {error.args[0] if error.args else error}") from error
 
     def inputs(self, audio: torch.Tensor) -> torch.Tensor:
         """Normalised log-mels ``[B, 1, M, T]`` from waveforms ``[B, N]`` or ``[N]`` (or pass log-mels through)."""

@@ -202,7 +202,11 @@ def cache_entries(config: DataConfig) -> list:
 
 def run_cache(config: PretrainConfig, progress: bool = True, overwrite: bool = False) -> CacheReport:
     """Build (or confirm) the waveform cache of the configured data; ``overwrite`` rebuilds a different one."""
-    data = config.data
+    return cache_data(config.data, progress, overwrite)
+
+
+def cache_data(data: DataConfig, progress: bool = True, overwrite: bool = False) -> CacheReport:
+    """Build (or confirm) the waveform cache of ``data``."""
     return build_cache(
         cache_entries(data), data.resolved_cache_dir(), sample_rate=data.sample_rate, workers=data.cache_workers,
         progress=progress, overwrite=overwrite, source=f"{data.format}:{data.root}:{data.split}",

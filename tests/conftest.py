@@ -50,3 +50,24 @@ def tiny_config_args(synthetic_root, tmp_path_factory) -> list[str]:
 def aiaudio_command(*args: str) -> list[str]:
     """The command line that runs ``aiaudio`` with this interpreter."""
     return [sys.executable, "-m", "aiaudio", *args]
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tiny_config_args, tmp_path_factory) -> dict[str, Path]:
+    """Run directories of a tiny amortised model and a tiny plain SimCLR baseline, pretrained for a few steps."""
+    from aiaudio.config import apply_overrides, load_yaml
+    from aiaudio.pretrain import parse_config, run_cache, run_pretrain
+
+    runs = tmp_path_factory.mktemp("runs")
+    demo = load_yaml(REPO / "configs" / "audio" / "demo.yaml")
+    extra = {
+        "amortised": [],
+        "baseline": ["invariance.mode=fixed", "model.encoder=resnet18"],
+    }
+    out = {}
+    for name, overrides in extra.items():
+        config = parse_config(apply_overrides(demo, [*tiny_config_args, f"run_dir={runs / name}", "trainer.steps=6", *overrides]))
+        run_cache(config, progress=False)
+        run_pretrain(config)
+        out[name] = runs / name
+    return out

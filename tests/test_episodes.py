@@ -86,3 +86,11 @@ def test_mean_ci_matches_numpy():
     assert mean_ci([0.5]).ci95 == 0.0
     with pytest.raises(ValueError):
         mean_ci([])
+
+
+def test_clip_mask_restricts_the_clips_used():
+    pool = _pool([6] * 5)
+    allowed = torch.arange(30) % 2 == 0
+    episodes = EpisodeSampler(pool, range(5), ways=5, shots=1, queries=2, seed=0, clips=allowed).sample(50)
+    used = torch.cat([episodes.support_clips.flatten(), episodes.query_clips.flatten()])
+    assert torch.all(allowed[used])

@@ -349,3 +349,30 @@ def _clear_previous_output(out_root: Path) -> None:
             shutil.rmtree(target)
         else:
             target.unlink()
+
+
+def synthetic_entries(root: str | os.PathLike, label: str = "family") -> list["ClipEntry"]:
+    """Every clip of a synthetic data set (dev and eval parts) labelled by one factor column of ``factors.csv``.
+
+    Args:
+        root: A folder written by :func:`generate_synthetic`.
+        label: The factor that is the class, e.g. ``"family"`` or ``"pitch_class"``.
+
+    Raises:
+        DatasetError: ``factors.csv`` is missing or has no such column.
+    """
+    from aiaudio.audio.cache import ClipEntry
+    from aiaudio.audio.datasets import DatasetError
+
+    path = Path(root) / FACTORS_FILE
+    if not path.is_file():
+        raise DatasetError(f"{path} is missing: {root} is not a synthetic data set (see `aiaudio synth`)")
+    if label not in FACTOR_COLUMNS or label in ("fname", "split", "num_samples"):
+        raise DatasetError(f"{path}: {label!r} is not a factor; choose one of {list(FACTOR_COLUMNS[2:-1])}")
+    entries = []
+    with open(path, newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            part = "FSD50K.eval_audio" if row["split"] == "eval" else "FSD50K.dev_audio"
+            audio = Path(root) / part / f"{row['fname']}.wav"
+            entries.append(ClipEntry(key=row["fname"], path=audio, labels=(row[label],)))
+    return entries

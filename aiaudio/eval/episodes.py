@@ -99,6 +99,8 @@ class EpisodeSampler:
         pool: the clips and segments.
         classes: the class indices episodes may use (e.g. the test classes); classes with fewer than
             ``shots + queries`` clips are left out (counted and logged).
+        clips: optional ``[C]`` boolean mask of the clips episodes may use (a clip-level split, when validation and
+            test share their classes).
         ways: N.
         shots: K.
         queries: Q.
@@ -107,13 +109,16 @@ class EpisodeSampler:
 
     def __init__(
         self, pool: SegmentPool, classes: list[int] | torch.Tensor, ways: int = 5, shots: int = 1, queries: int = 1,
-        seed: int = 0,
+        seed: int = 0, clips: torch.Tensor | None = None,
     ) -> None:
         if min(ways, shots, queries) < 1:
             raise ValueError(f"ways, shots and queries must be >= 1, got {ways}, {shots}, {queries}")
         self.pool, self.ways, self.shots, self.queries, self.seed = pool, ways, shots, queries, seed
         classes = torch.as_tensor(classes, dtype=torch.long).unique()
-        members = [torch.nonzero(pool.clip_class == c).flatten() for c in classes.tolist()]
+        allowed = torch.ones(pool.num_clips, dtype=torch.bool) if clips is None else torch.as_tensor(clips, dtype=torch.bool)
+        if allowed.shape != (pool.num_clips,):
+            raise ValueError(f"clips must be a mask of shape [{pool.num_clips}], got {list(allowed.shape)}")
+        members = [torch.nonzero((pool.clip_class == c) & allowed).flatten() for c in classes.tolist()]
         keep = [i for i, m in enumerate(members) if len(m) >= shots + queries]
         if len(keep) < len(members):
             log.warning(

@@ -248,23 +248,57 @@ def fit_episodes(
     return head, steps, last
 
 
+def majority_vote(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Predicted class per clip from per-segment scores ``[..., P, N]`` and the valid-segment mask ``[..., P]``:
+    the most votes of the segments' argmax, ties broken by the larger summed softmax probability."""
+    mask = valid.to(scores.device).unsqueeze(-1).float()
+    votes = (F.one_hot(scores.argmax(-1), scores.shape[-1]).float() * mask).sum(-2)
+    probability = (scores.softmax(-1) * mask).sum(-2)
+    return (votes + probability / (scores.shape[-2] + 1)).argmax(-1)
+
+
 @torch.no_grad()
 def predict_clips(
     encoder: EpisodeEncoder, pool: SegmentPool, clips: torch.Tensor, head: _Head, descriptors: torch.Tensor
 ) -> torch.Tensor:
-    """Predicted way of each query clip ``[E, m]``: majority vote over its segments (ties: the larger summed
-    probability)."""
+    """Predicted way of each query clip ``[E, m]`` by :func:`majority_vote` over its segments."""
     num, per = clips.shape
     segments, valid = pool.query_segments(clips.cpu())
     width = segments.shape[-1]
-    device = head.weight.device
-    features = encoder.features(encoder.prepare(segments.flatten().to(device)), descriptors)
+    features = encoder.features(encoder.prepare(segments.flatten().to(head.weight.device)), descriptors)
     features = F.normalize(features.float(), dim=-1).view(num, per * width, -1)
-    logits = (torch.einsum("esf,ecf->esc", features, head.weight) + head.bias.unsqueeze(1)).view(num, per, width, -1)
-    mask = valid.to(device).unsqueeze(-1).float()
-    votes = (F.one_hot(logits.argmax(-1), logits.shape[-1]).float() * mask).sum(2)
-    probability = (logits.softmax(-1) * mask).sum(2)
-    return (votes + probability / (width + 1)).argmax(-1)
+    logits = torch.einsum("esf,ecf->esc", features, head.weight) + head.bias.unsqueeze(1)
+    return majority_vote(logits.view(num, per, width, -1), valid)
+
+
+def sklearn_accuracy(table: torch.Tensor, pool: SegmentPool, episodes: Episodes, kind: str) -> torch.Tensor:
+    """Per-episode query accuracy of scikit-learn readouts on frozen features (a reference, one fit per episode).
+
+    Args:
+        table: ``[S, F]`` features of every segment.
+        pool: the clips and segments.
+        episodes: the episodes.
+        kind: ``"logistic"`` (LogisticRegression) or ``"ridge"`` (RidgeClassifier), on L2-normalised features.
+    """
+    from sklearn.linear_model import LogisticRegression, RidgeClassifier
+
+    if kind not in ("logistic", "ridge"):
+        raise ValueError(f"sklearn readout must be logistic or ridge, got {kind!r}")
+    features = F.normalize(table.float(), dim=-1).cpu().numpy()
+    support_labels = episodes.support_labels().numpy()
+    query_clips = episodes.query_clips.flatten(1)
+    segments, valid = pool.query_segments(query_clips)
+    accuracy = torch.zeros(len(episodes))
+    for e in range(len(episodes)):  # scikit-learn fits one model at a time
+        model = LogisticRegression(max_iter=1000) if kind == "logistic" else RidgeClassifier(alpha=1.0)
+        model.fit(features[episodes.support_segments[e].flatten().numpy()], support_labels[e])
+        scores = torch.from_numpy(model.decision_function(features[segments[e].flatten().numpy()])).float()
+        scores = scores.view(*segments[e].shape, -1)
+        if scores.shape[-1] == 1:  # binary problems give one column: the score of class 1
+            scores = torch.cat([-scores, scores], dim=-1)
+        predicted = torch.from_numpy(model.classes_)[majority_vote(scores, valid[e])]
+        accuracy[e] = (predicted == episodes.query_labels()[e]).float().mean()
+    return accuracy
 
 
 def run_episodes(

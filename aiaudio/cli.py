@@ -70,6 +70,16 @@ def cmd_measure(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_readout(args: argparse.Namespace) -> int:
+    from aiaudio.readout import parse_readout_config, run_readout
+
+    config = parse_readout_config(apply_overrides(load_yaml(args.config), args.overrides))
+    report = run_readout(config)
+    print(json.dumps(report["readouts"], indent=2))
+    print(f"results written to {report['out_dir']}")
+    return 0
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
     from aiaudio.embed import run_embed
 
@@ -94,7 +104,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not DEMO_CONFIG.is_file():
         raise ConfigError(f"the demo config {DEMO_CONFIG} is missing: run the demo from a source checkout")
     start = time.perf_counter()
-    report = run_demo(Path(args.out), DEMO_CONFIG, args.overrides)
+    report = run_demo(Path(args.out), DEMO_CONFIG.parent, args.overrides)
     print(report)
     print(f"demo finished in {time.perf_counter() - start:.0f} s; everything it wrote is under {args.out}")
     return 0
@@ -129,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="key.sub=value, e.g. checkpoint=runs/x data.root=/data/FSD50K")
     p.set_defaults(func=cmd_measure)
+
+    p = sub.add_parser("readout", help="many-shot linear (or regression) readout with a learned invariance")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", help="key.sub=value, e.g. checkpoint=runs/x data.root=/data/clips")
+    p.set_defaults(func=cmd_readout)
 
     p = sub.add_parser("embed", help="features of every audio file under a folder at a given invariance")
     p.add_argument("checkpoint", help="a pretraining run directory or a checkpoint directory")

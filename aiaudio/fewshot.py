@@ -45,6 +45,7 @@ from aiaudio.eval.learner import (
 )
 from aiaudio.eval.plots import learned_invariance_bars
 from aiaudio.eval.stats import mean_ci
+from aiaudio.invariance import InvarianceSpace
 from aiaudio.seeding import generator_for, mix_seed
 
 log = logging.getLogger(__name__)
@@ -254,7 +255,7 @@ def run_fewshot(config: FewshotConfig) -> dict[str, Any]:
             rows.append({"model": "amortised", "readout": "learned i", **evaluator.evaluate(AmortisedFeatures(model, evaluator.inputs), start)})
         for descriptor in fixed if model.amortised else [None]:
             table = evaluator.features(model, descriptor)
-            label = f"i = {model.space.name_of(descriptor)}" if descriptor is not None else "fixed features"
+            label = f"i = {descriptor_label(model.space, descriptor)}" if descriptor is not None else "fixed features"
             start = descriptor if descriptor is not None else torch.zeros(model.space.dim)
             rows.append({"model": "amortised" if model.amortised else "plain", "readout": label,
                          "descriptor": None if descriptor is None else descriptor.tolist(),
@@ -277,9 +278,20 @@ def _sklearn_rows(evaluator: _Evaluator, model: PretrainedEncoder, descriptor: t
     rows = []
     for kind in ("logistic", "ridge"):
         accuracy = mean_ci(sklearn_accuracy(table, evaluator.pool, evaluator.test_episodes, kind))
-        readout = kind if descriptor is None else f"{kind}, i = {model.space.name_of(descriptor)}"
+        readout = kind if descriptor is None else f"{kind}, i = {descriptor_label(model.space, descriptor)}"
         rows.append({"model": label, "readout": readout, "accuracy": accuracy.mean, "ci95": accuracy.ci95, "episodes": accuracy.n})
     return rows
+
+
+def descriptor_label(space: InvarianceSpace, descriptor: torch.Tensor) -> str:
+    """"all", "none", the active factors of a binary descriptor joined by '+', or the K numbers."""
+    if torch.all(descriptor == 1):
+        return "all"
+    if torch.all(descriptor == 0):
+        return "none"
+    if torch.all((descriptor == 0) | (descriptor == 1)):
+        return space.name_of(descriptor)
+    return ",".join(f"{v:g}" for v in descriptor.tolist())
 
 
 def format_table(report: dict[str, Any]) -> str:

@@ -167,34 +167,39 @@ class _MaskedAdam:
         self.v = [torch.zeros_like(t) for t in tensors]
         self.count = torch.zeros(tensors[0].shape[0], device=tensors[0].device)
 
-    def step(self, rows: torch.Tensor, grads: list[torch.Tensor]) -> None:
+    def step(self, rows: torch.Tensor | None, grads: list[torch.Tensor]) -> None:
+        """One Adam step of the rows ``rows`` (None: every row) with their gradients."""
         beta1, beta2 = self.betas
-        self.count[rows] += 1
-        t = self.count[rows]
+        every = slice(None)
+        index = every if rows is None else rows
+        self.count[index] += 1
+        t = self.count[index]
         for tensor, m, v, lr, grad in zip(self.tensors, self.m, self.v, self.lrs, grads):
             if lr == 0:
                 continue
             shape = (-1,) + (1,) * (tensor.dim() - 1)
-            m[rows] = beta1 * m[rows] + (1 - beta1) * grad
-            v[rows] = beta2 * v[rows] + (1 - beta2) * grad * grad
-            m_hat = m[rows] / (1 - beta1**t).view(shape)
-            v_hat = v[rows] / (1 - beta2**t).view(shape)
-            tensor[rows] = tensor[rows] - lr * m_hat / (v_hat.sqrt() + 1e-8)
+            m_rows = beta1 * m[index] + (1 - beta1) * grad
+            v_rows = beta2 * v[index] + (1 - beta2) * grad * grad
+            m[index], v[index] = m_rows, v_rows
+            step = (m_rows / (1 - beta1**t).view(shape)) / ((v_rows / (1 - beta2**t).view(shape)).sqrt() + 1e-8)
+            tensor[index] -= lr * step
 
 
 def _support_loss(
-    encoder: EpisodeEncoder, prepared: torch.Tensor, labels: torch.Tensor, head: _Head, rows: torch.Tensor,
+    encoder: EpisodeEncoder, prepared: torch.Tensor, labels: torch.Tensor, head: _Head, rows: torch.Tensor | None,
     weight_decay: float,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Per-episode support loss of episodes ``rows`` and leaf copies of their head and descriptor rows."""
-    weight = head.weight[rows].requires_grad_()
-    bias = head.bias[rows].requires_grad_()
-    descriptors = head.descriptors[rows].requires_grad_(encoder.learns_invariance)
+    """Per-episode support loss of episodes ``rows`` (None: all) and leaf copies of their head and descriptor rows."""
     num, per = labels.shape[0], labels.shape[1]
-    chosen = prepared.view(num, per, *prepared.shape[1:])[rows].flatten(0, 1)
-    features = F.normalize(encoder.features(chosen, descriptors).float(), dim=-1).view(len(rows), per, -1)
+    index = slice(None) if rows is None else rows
+    count = num if rows is None else len(rows)
+    weight = head.weight[index].detach().clone().requires_grad_()
+    bias = head.bias[index].detach().clone().requires_grad_()
+    descriptors = head.descriptors[index].detach().clone().requires_grad_(encoder.learns_invariance)
+    chosen = prepared if rows is None else prepared.view(num, per, *prepared.shape[1:])[rows].flatten(0, 1)
+    features = F.normalize(encoder.features(chosen, descriptors).float(), dim=-1).view(count, per, -1)
     logits = torch.einsum("enf,ecf->enc", features, weight) + bias.unsqueeze(1)
-    loss = F.cross_entropy(logits.flatten(0, 1), labels[rows].flatten(), reduction="none").view(len(rows), per).mean(1)
+    loss = F.cross_entropy(logits.flatten(0, 1), labels[index].flatten(), reduction="none").view(count, per).mean(1)
     loss = loss + 0.5 * weight_decay * weight.pow(2).sum(dim=(1, 2))
     return loss, [weight, bias, descriptors]
 
@@ -228,10 +233,13 @@ def fit_episodes(
     last = torch.full((num,), math.inf, device=labels.device)
     quiet = torch.zeros(num, dtype=torch.long, device=labels.device)
     active = torch.ones(num, dtype=torch.bool, device=labels.device)
+    all_active = True  # while every episode is active, whole tensors are used instead of gathered rows
     for _ in range(config.steps):
-        rows = torch.nonzero(active).flatten()
-        if len(rows) == 0:
-            break
+        rows = None
+        if not all_active:
+            rows = torch.nonzero(active).flatten()
+            if len(rows) == 0:
+                break
         with torch.enable_grad():
             loss, leaves = _support_loss(encoder, prepared, labels, head, rows, config.weight_decay)
             needs = [leaf for leaf in leaves if leaf.requires_grad]
@@ -240,11 +248,14 @@ def fit_episodes(
         with torch.no_grad():
             adam.step(rows, grads)
             head.descriptors.clamp_(0.0, 1.0)
-            progress = last[rows] - loss.detach()
-            quiet[rows] = torch.where(progress < config.tolerance, quiet[rows] + 1, 0)
-            last[rows] = loss.detach()
-            steps[rows] += 1
-            active[rows] = quiet[rows] < config.patience
+            index = slice(None) if rows is None else rows
+            progress = last[index] - loss.detach()
+            quiet[index] = torch.where(progress < config.tolerance, quiet[index] + 1, 0)
+            last[index] = loss.detach()
+            steps[index] += 1
+            active[index] = quiet[index] < config.patience
+            if all_active:
+                all_active = bool(active.all())
     return head, steps, last
 
 

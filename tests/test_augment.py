@@ -11,6 +11,7 @@ from audiomentations import PitchShift as ReferencePitchShift
 from audiomentations import TimeStretch as ReferenceTimeStretch
 
 from aiaudio.audio.augment import (
+    FADE_SHAPES,
     AddNoise,
     ClarAugment,
     ClarConfig,
@@ -101,6 +102,22 @@ def test_spectral_pitch_shift_moves_the_peak_by_the_requested_semitones() -> Non
     for row, semitones in zip(shifted.mean(dim=2).numpy(), SEMITONES):
         measured = 12.0 * np.log2(_interpolated_peak_bin(row) * bin_hz / f0)
         assert measured == pytest.approx(semitones, abs=0.5), f"requested {semitones}, measured {measured:.2f}"
+
+
+def test_spectral_pitch_shift_fused_with_the_mel_projection_equals_shift_then_projection() -> None:
+    frontend = LogMel()
+    power = frontend.power_spectrogram(torch.from_numpy(np.stack([_harmonic(f0, 1.0) for f0 in (150, 440, 900, 2000)])))
+    op = SpectralPitchShift()
+    params = {"apply": torch.tensor([True, False, True, True]), "semitones": torch.tensor([7.0, 5.0, -12.0, 14.5])}
+    fused = op.shift_and_project(power, params, frontend.melspec.mel_scale.fb)
+    separate = frontend.mel_from_power(op.apply_transform(power, params))
+    # Linearity: the same numbers up to float32 rounding (relative to each clip's peak).
+    peak = separate.amax(dim=(1, 2), keepdim=True)
+    torch.testing.assert_close(fused / peak, separate / peak, rtol=0, atol=1e-5)
+    assert torch.equal(fused[1], frontend.mel_from_power(power)[1])  # not selected: the plain projection, exactly
+    assert torch.equal(fused, op.shift_and_project(power, params, frontend.melspec.mel_scale.fb))  # reproducible
+    with pytest.raises(ValueError, match="projection"):
+        op.shift_and_project(power, params, frontend.melspec.mel_scale.fb[:-1])
 
 
 def test_spectrogram_domain_pitch_shift_in_the_chain_matches_a_tone_at_the_shifted_pitch() -> None:
@@ -217,13 +234,13 @@ def test_noise_leaves_silent_clips_silent() -> None:
 # ------------------------------------------------------------------------------------------------------------ fades
 
 
-FADE_CASES = [(shape, length) for shape in ("linear", "logarithmic", "exponential") for length in (0, 1, 2, 777, 4000)]
+FADE_CASES = [(shape, length) for shape in FADE_SHAPES for length in (0, 1, 2, 777, 4000)]
 
 
 @pytest.mark.parametrize("op_cls, fade_in", [(FadeIn, True), (FadeOut, False)])
 def test_fade_envelopes_equal_torchaudio_fade(op_cls: type, fade_in: bool) -> None:
     n = 8000
-    op = op_cls()
+    op = op_cls(shapes=FADE_SHAPES)
     params = {
         "apply": torch.ones(len(FADE_CASES), dtype=torch.bool),
         "shape": torch.tensor([op.shapes.index(shape) for shape, _ in FADE_CASES]),

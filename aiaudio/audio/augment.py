@@ -19,9 +19,10 @@ Two ops are reformulated so that they batch well; both keep the meaning of the C
   output phase is the running sum of those frequencies over frames, as in a phase vocoder. A partial at ``f`` moves
   to ``r * f`` with its envelope in time unchanged; everything is a gather with a per-example index. With
   ``augment.pitch_shift.domain: spectrogram`` the same warp of magnitudes acts on the power spectrogram instead
-  (:class:`SpectralPitchShift`), between the STFT and the mel projection: several times cheaper, but after the other
-  waveform ops rather than before them (added noise is then warped too; white, pink and brown noise keep their
-  colour under a frequency warp, only their level per bin changes).
+  (:class:`SpectralPitchShift`), between the STFT and the mel projection (in the chain, folded into the projection
+  as one per-example matrix): several times cheaper, but after the other waveform ops rather than before them
+  (added noise is then warped too; white, pink and brown noise keep their colour under a frequency warp, only their
+  level per bin changes).
 * **Time stretch on the mel power spectrogram.** A phase-vocoder stretch keeps each frame's magnitude spectrum and
   resamples the frame sequence in time; the mel projection is linear and acts on each frame separately, so resampling
   frames of the mel power spectrogram is the same operation after the projection, at 1/4 of the size and without
@@ -226,6 +227,11 @@ def _params_to(params: Params, device: torch.device) -> Params:
     return {name: value.to(device) for name, value in params.items()}
 
 
+def _mean_square(x: torch.Tensor) -> torch.Tensor:
+    """``x.pow(2).mean(-1)`` in one pass and without a temporary the size of ``x``."""
+    return torch.linalg.vector_norm(x, dim=-1).square_() / x.shape[-1]
+
+
 def _check_waveforms(x: torch.Tensor, owner: str) -> None:
     if x.dim() != 2:
         raise ValueError(f"{owner} expects waveforms of shape [batch, samples], got shape {tuple(x.shape)}")
@@ -335,7 +341,7 @@ class PitchShift(_SemitoneShift):
         deviation = real
         deviation[:, 0] = 0.0
         torch.sub(phase_in[:, 1:], phase_in[:, :-1], out=deviation[:, 1:])
-        deviation.sub_(bin_advance).add_(math.pi).remainder_(2.0 * math.pi).sub_(math.pi)
+        _wrap_phase_(deviation.sub_(bin_advance))
         first_phase = phase_in[:, 0] + centre_shift  # [B, F]
         del phase_in, imag
 
@@ -365,9 +371,8 @@ class PitchShift(_SemitoneShift):
         shifted = _inverse_stft(torch.complex(out_real, out_imag), window, self.hop_length, num_samples)
         # The warp changes the level by a few dB (peaks get wider or narrower than the window's main lobe and their
         # bins lose phase coherence); restore the clip's RMS.
-        input_rms = x.pow(2).mean(dim=-1, keepdim=True).sqrt()
-        output_rms = shifted.pow(2).mean(dim=-1, keepdim=True).sqrt()
-        shifted.mul_(input_rms / output_rms.clamp_min(torch.finfo(x.dtype).tiny))
+        output_power = _mean_square(shifted).clamp_min(torch.finfo(x.dtype).tiny)
+        shifted.mul_(torch.sqrt(_mean_square(x) / output_power)[:, None])
         return _keep_unselected(params["apply"], shifted, x)
 
 
@@ -412,6 +417,48 @@ class SpectralPitchShift(_SemitoneShift):
         shifted = shifted.mul_(inside[:, :, None])
         return _keep_unselected(params["apply"], shifted, x)
 
+    def shift_and_project(self, power: torch.Tensor, params: Params, projection: torch.Tensor) -> torch.Tensor:
+        """``apply_transform(power, params)`` followed by a linear map of each frame (e.g. a mel filterbank).
+
+        The shift is linear in the power spectrum, so on the CPU both are one per-example matrix ``[F, C]``: the
+        projection with its rows moved to the source bins they read from (a scatter-add), and one batched matrix
+        product replaces the two gathers over the whole spectrogram. On other devices, where a scatter-add is not
+        bit-for-bit reproducible, it is the shift and then the projection.
+
+        Args:
+            power: power spectrogram ``[B, F, T]``.
+            params: from ``randomize_parameters``.
+            projection: ``[F, C]``, applied as ``power[b, :, t] @ projection``.
+
+        Returns:
+            ``[B, C, T]``.
+        """
+        if power.dim() != 3 or projection.dim() != 2 or projection.shape[0] != power.shape[1]:
+            raise ValueError(
+                "SpectralPitchShift.shift_and_project expects power [batch, bins, frames] and projection "
+                f"[bins, outputs], got {tuple(power.shape)} and {tuple(projection.shape)}"
+            )
+        projection = projection.to(device=power.device, dtype=power.dtype)
+        if power.device.type != "cpu":
+            return torch.matmul(self.apply_transform(power, params).transpose(1, 2), projection).transpose(1, 2)
+        params = _params_to(params, power.device)
+        batch_size, num_bins, _ = power.shape
+        apply = params["apply"]
+        ratio = torch.where(apply, torch.pow(2.0, params["semitones"].to(power.dtype) / 12.0), 1.0)
+        _, lower, upper, weight, inside = _bin_warp(ratio, num_bins)
+        # Output bin k adds projection[k] * (1 - weight[k]) to source row lower[k] and * weight[k] to upper[k].
+        row_offset = (torch.arange(batch_size, device=power.device) * num_bins)[:, None]
+        warped = projection.new_zeros(batch_size * num_bins, projection.shape[1])
+        for source, share in ((lower, (1.0 - weight) * inside), (upper, weight * inside)):
+            rows = (projection[None] * share[:, :, None]).flatten(0, 1)
+            warped.index_add_(0, (source + row_offset).flatten(), rows)
+        warped = warped.view(batch_size, num_bins, -1)
+        projected = torch.bmm(power.transpose(1, 2), warped).transpose(1, 2)
+        if bool(apply.all()):
+            return projected
+        plain = torch.matmul(power.transpose(1, 2), projection).transpose(1, 2)
+        return _keep_unselected(apply, projected, plain)
+
 
 def _accumulate_phase_(phase: torch.Tensor, wrap_every: int = 16, use_cumsum: bool | None = None) -> None:
     """In-place running sum of phase increments along dim 1 of ``[B, T, F]``, wrapped to [0, 2*pi) regularly.
@@ -432,6 +479,12 @@ def _accumulate_phase_(phase: torch.Tensor, wrap_every: int = 16, use_cumsum: bo
             phase[:, frame].remainder_(two_pi)
 
 
+def _wrap_phase_(phase: torch.Tensor) -> torch.Tensor:
+    """Wrap angles to [-pi, pi] in place (``phase - 2 pi round(phase / 2 pi)``: cheaper than ``remainder``)."""
+    turns = torch.mul(phase, 1.0 / (2.0 * math.pi)).round_()
+    return phase.sub_(turns, alpha=2.0 * math.pi)
+
+
 def _inverse_stft(spec: torch.Tensor, window: torch.Tensor, hop_length: int, length: int) -> torch.Tensor:
     """Weighted overlap-add inverse of a centred STFT given as ``[B, T, F]`` (``n_fft`` a multiple of the hop).
 
@@ -442,28 +495,20 @@ def _inverse_stft(spec: torch.Tensor, window: torch.Tensor, hop_length: int, len
     n_fft = window.shape[0]
     overlap = n_fft // hop_length
     frames = torch.fft.irfft(spec, n=n_fft, dim=-1)  # [B, T, n_fft]
-    frames.mul_(window)
-    blocks = frames.reshape(batch_size, num_frames, overlap, hop_length)
-    summed = frames.new_zeros(batch_size, num_frames + overlap - 1, hop_length)
+    blocks = frames.view(batch_size, num_frames, overlap, hop_length)
+    window_blocks = window.view(overlap, hop_length)
+    # Block ``part`` of frame t, windowed, lands in output block t + part.
+    summed = frames.new_empty(batch_size, num_frames + overlap - 1, hop_length)
+    torch.mul(blocks[:, :, 0], window_blocks[0], out=summed[:, :num_frames])
+    summed[:, num_frames:] = 0.0
     envelope = window.new_zeros(num_frames + overlap - 1, hop_length)
-    squared_window = window.square().reshape(overlap, hop_length)
-    for part in range(overlap):
-        summed[:, part : part + num_frames] += blocks[:, :, part]
-        envelope[part : part + num_frames] += squared_window[part]
+    envelope[:num_frames] = window_blocks[0].square()
+    for part in range(1, overlap):
+        summed[:, part : part + num_frames].addcmul_(blocks[:, :, part], window_blocks[part])
+        envelope[part : part + num_frames] += window_blocks[part].square()
     start = n_fft // 2
-    summed = summed.reshape(batch_size, -1)[:, start : start + length]
-    return summed / envelope.reshape(-1)[start : start + length]
-
-
-def linspace_ramp(position: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
-    """``torch.linspace(0, 1, length)[position]`` for per-example lengths (broadcastable, integer-valued).
-
-    Evaluated as torch.linspace does: step ``1/(L-1)``, the first half counted up from 0 and the second half down
-    from 1; ``L = 1`` gives 0. Positions outside ``[0, L)`` give meaningless values.
-    """
-    step = torch.where(length > 1, 1.0 / (length - 1).clamp(min=1).to(torch.float32), 0.0)
-    half = (length // 2).clamp(min=1)  # L = 1: position 0 takes the first branch, 0 * step = 0
-    return torch.where(position < half, position * step, 1.0 - step * (length - 1 - position))
+    summed = summed.view(batch_size, -1)[:, start : start + length]
+    return summed / envelope.view(-1)[start : start + length]
 
 
 def fade_curve(ramp: torch.Tensor, shape: str, fade_in: bool) -> torch.Tensor:
@@ -517,37 +562,50 @@ class _Fade(BatchedAugmentation):
     def gain(self, params: Params, num_samples: int, device: torch.device) -> torch.Tensor:
         """Per-example gains ``[B, S]`` over the first (fade in) or last (fade out) ``S = ramp_span(N)`` samples.
 
-        Gains are 1 outside each example's ramp; ramp lengths above ``S`` are clamped to ``S``.
+        Gains are 1 outside each example's ramp and for examples not selected; ramp lengths above ``S`` are clamped
+        to ``S``.
         """
         params = _params_to(params, device)
         span = self.ramp_span(num_samples)
-        # Positions and lengths as float32 (exact below 2**24 samples): less memory traffic than int64.
-        length = params["length"].clamp(0, span).to(torch.float32)[:, None]
-        index = torch.arange(span, device=device, dtype=torch.float32)[None, :]
-        if self.fade_in:
-            position = index
-            in_ramp = position < length
-        else:
-            position = index - (span - length)
-            in_ramp = position >= 0
-        ramp = linspace_ramp(position, length)
-        shape = params["shape"][:, None]
-        curve = fade_curve(ramp, self.shapes[0], self.fade_in)
-        for shape_index, shape_name in enumerate(self.shapes[1:], start=1):
-            curve = torch.where(shape == shape_index, fade_curve(ramp, shape_name, self.fade_in), curve)
-        return torch.where(in_ramp, curve, 1.0)
+        # Lengths and positions as float32 (exact below 2**24 samples); length 0 for examples not selected.
+        length = torch.where(params["apply"], params["length"].clamp(0, span), 0).to(torch.float32)
+        # A fade out of ramp value t is the fade in of 1 - t for every shape, so both are the fade-in curve of
+        # v = position * step (+ 1 where there is no ramp), clamped to 1: position counts from the first sample
+        # (fade in) or back from the last (fade out), and v is torch.linspace(0, 1, L)'s value over the ramp (fade
+        # in) or 1 minus it (fade out), and 1 after the ramp, where every curve is 1. A one-sample ramp is 0 (fade
+        # in) or 1 (fade out).
+        step = 1.0 / (length - 1.0).clamp(min=1.0)
+        no_ramp = length == 0 if self.fade_in else length <= 1
+        index = torch.arange(span, device=device, dtype=torch.float32)
+        position = index if self.fade_in else index.flip(0)
+        value = torch.addcmul(no_ramp.to(torch.float32)[:, None], position[None, :], step[:, None]).clamp_(max=1.0)
+        gain = value  # the linear curve; each shape below reads and overwrites only its own rows
+        # Other shapes: on the CPU, their curve on their own examples only (transcendental functions on as few rows
+        # as possible); elsewhere on every example, selected by a mask (no device sync).
+        shape = params["shape"]
+        for shape_index, shape_name in enumerate(self.shapes):
+            if shape_name == "linear":
+                continue
+            selected = (shape == shape_index) & ~no_ramp
+            if device.type != "cpu":
+                gain = torch.where(selected[:, None], fade_curve(value, shape_name, fade_in=True), gain)
+                continue
+            rows = torch.nonzero(selected).flatten()
+            if rows.numel():
+                gain.index_copy_(0, rows, fade_curve(value.index_select(0, rows), shape_name, fade_in=True))
+        return gain
 
     def apply_transform(self, x: torch.Tensor, params: Params) -> torch.Tensor:
         _check_waveforms(x, type(self).__name__)
         num_samples = x.shape[-1]
         span = self.ramp_span(num_samples)
         gain = self.gain(params, num_samples, x.device).to(x.dtype)
-        faded = x.clone()
-        if self.fade_in:
-            faded[:, :span] *= gain
-        else:
-            faded[:, num_samples - span :] *= gain
-        return _keep_unselected(params["apply"], faded, x)
+        ramp_part = slice(0, span) if self.fade_in else slice(num_samples - span, num_samples)
+        rest = slice(span, num_samples) if self.fade_in else slice(0, num_samples - span)
+        faded = torch.empty_like(x)
+        faded[:, rest] = x[:, rest]
+        torch.mul(x[:, ramp_part], gain, out=faded[:, ramp_part])
+        return faded
 
 
 class FadeIn(_Fade):
@@ -600,21 +658,25 @@ class AddNoise(BatchedAugmentation):
         """The coloured noise ``[B, N]`` before scaling (arbitrary level)."""
         params = _params_to(params, device)
         num_bins = num_samples // 2 + 1
-        alpha = self.exponents.to(device)[params["colour"]]  # [B]
+        # Amplitude f**(-alpha/2) of each colour ([C, F], no DC), repeated for the real and imaginary parts of each
+        # bin, then each example's row: one contiguous real product shapes the whole batch.
         log_bin = torch.log(torch.arange(1, num_bins, device=device, dtype=torch.float32))
-        amplitude = torch.exp(-0.5 * alpha[:, None] * log_bin[None, :])
-        amplitude = torch.cat([torch.zeros_like(amplitude[:, :1]), amplitude], dim=1)  # no DC
-        return torch.fft.irfft(params["spectrum"] * amplitude, n=num_samples, dim=-1)
+        table = torch.exp(-0.5 * self.exponents.to(device)[:, None] * log_bin[None, :])
+        table = torch.cat([torch.zeros_like(table[:, :1]), table], dim=1).repeat_interleave(2, dim=1)
+        spectrum = torch.view_as_real(params["spectrum"].to(torch.complex64)).reshape(-1, 2 * num_bins)
+        shaped = spectrum * table.index_select(0, params["colour"])
+        return torch.fft.irfft(torch.view_as_complex(shaped.view(-1, num_bins, 2)), n=num_samples, dim=-1)
 
     def apply_transform(self, x: torch.Tensor, params: Params) -> torch.Tensor:
         _check_waveforms(x, "AddNoise")
         noise = self.noise(params, x.shape[-1], x.device).to(x.dtype)
         params = _params_to(params, x.device)
-        signal_power = x.pow(2).mean(dim=-1)
-        noise_power = noise.pow(2).mean(dim=-1).clamp_min(torch.finfo(x.dtype).tiny)
+        signal_power = _mean_square(x)
+        noise_power = _mean_square(noise).clamp_min(torch.finfo(x.dtype).tiny)
         target_power = signal_power / torch.pow(10.0, params["snr_db"].to(x.dtype) / 10.0)
         scale = torch.sqrt(target_power / noise_power)
-        return _keep_unselected(params["apply"], x + scale[:, None] * noise, x)
+        noisy = noise.mul_(scale[:, None]).add_(x)
+        return _keep_unselected(params["apply"], noisy, x)
 
 
 class TimeMask(BatchedAugmentation):
@@ -643,17 +705,22 @@ class TimeMask(BatchedAugmentation):
     def apply_transform(self, x: torch.Tensor, params: Params) -> torch.Tensor:
         _check_waveforms(x, "TimeMask")
         params = _params_to(params, x.device)
+        num_samples = x.shape[-1]
         noise = params["noise"].to(x.dtype)
-        start = params["start"].clamp(0, x.shape[-1])[:, None]
-        length = torch.minimum(params["length"].clamp(0, noise.shape[1])[:, None], x.shape[-1] - start)
-        index = torch.arange(x.shape[-1], device=x.device)[None, :]
-        inside = (index >= start) & (index < start + length)
-        # Row b's masked samples, in order, take noise[b, :length[b]] (scaled to the clip's RMS) or zeros.
-        rms = x.pow(2).mean(dim=-1, keepdim=True).sqrt()
-        fill = noise * (rms * params["use_noise"][:, None].to(x.dtype))
-        used = torch.arange(noise.shape[1], device=x.device)[None, :] < length
-        masked = x.masked_scatter(inside, fill[used])
-        return _keep_unselected(params["apply"], masked, x)
+        window_length = min(noise.shape[1], num_samples)
+        start = params["start"].clamp(0, num_samples)[:, None]
+        length = torch.minimum(params["length"].clamp(0, window_length)[:, None], num_samples - start)
+        length = length * params["apply"][:, None]  # examples not selected: nothing masked
+        # Row b's segment is samples start + j for j < length[b]; they take noise[b, j] (scaled to the clip's RMS) or
+        # zeros. Only a window of samples start + j (j < window_length, wrapping past the end, where j >= length) is
+        # read and written back: the positions are distinct, and unchanged outside the segment.
+        offset = torch.arange(window_length, device=x.device)
+        positions = start + offset
+        positions = torch.where(positions < num_samples, positions, positions - num_samples)
+        rms = _mean_square(x).sqrt_()[:, None]
+        fill = noise[:, :window_length] * (rms * params["use_noise"][:, None].to(x.dtype))
+        window = torch.where(offset < length, fill, x.gather(1, positions))
+        return x.clone().scatter_(1, positions, window)
 
 
 class TimeShift(BatchedAugmentation):
@@ -805,8 +872,10 @@ class ClarAugment(nn.Module):
         active = active_ops(descriptor)
         wave = self.augment_waveform(wave, descriptor, generator)
         if "pitch_shift" in active and isinstance(self.ops["pitch_shift"], SpectralPitchShift):
-            power = self.ops["pitch_shift"](self.frontend.power_spectrogram(wave), generator)
-            mel = self.frontend.mel_from_power(power)
+            power = self.frontend.power_spectrogram(wave)
+            pitch_shift = self.ops["pitch_shift"]
+            params = pitch_shift.randomize_parameters(power.shape[0], power.shape[-1], generator)
+            mel = pitch_shift.shift_and_project(power, params, self.frontend.melspec.mel_scale.fb)
         else:
             mel = self.frontend.mel_power(wave)
         if "time_stretch" in active:

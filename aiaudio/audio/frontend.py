@@ -87,13 +87,19 @@ class LogMel(nn.Module):
         """Mel power spectrogram ``[B, n_mels, T]`` of waveforms ``[B, N]``."""
         if wave.dim() != 2:
             raise ValueError(f"LogMel.mel_power expects waveforms of shape [batch, samples], got {tuple(wave.shape)}")
-        return self.melspec(wave)
+        return self.mel_from_power(self.power_spectrogram(wave))
 
     def power_spectrogram(self, wave: torch.Tensor) -> torch.Tensor:
         """Linear power STFT ``[B, n_fft // 2 + 1, T]`` (the first half of :meth:`mel_power`)."""
         if wave.dim() != 2:
             raise ValueError(f"LogMel.power_spectrogram expects [batch, samples], got {tuple(wave.shape)}")
-        return self.melspec.spectrogram(wave)
+        stft = self.melspec.spectrogram
+        spec = torch.stft(
+            wave, stft.n_fft, stft.hop_length, stft.win_length, window=stft.window, center=True, pad_mode="reflect",
+            return_complex=True,
+        )
+        # |X|**2 as re**2 + im**2: several times faster on the CPU than the complex abs that torchaudio squares.
+        return torch.addcmul(spec.real.square(), spec.imag, spec.imag)
 
     def mel_from_power(self, power: torch.Tensor) -> torch.Tensor:
         """Mel power ``[B, n_mels, T]`` from a power STFT (the second half of :meth:`mel_power`)."""

@@ -328,6 +328,32 @@ def test_bad_shapes_raise_clear_value_errors():
         build_encoder("resnet18", width=0.125)(torch.randn(2, 3, 32, 32))
 
 
+def test_hyper_conv_with_per_group_embeddings_in_both_layouts():
+    """Rows-by-group input ``[G*n, C, H, W]`` and channel-stacked input ``[n, G*C, H, W]`` both equal per-group calls."""
+    torch.manual_seed(3)
+    conv = HyperConv2d(3, 5, 3, stride=2, padding=1, embed_dim=4)
+    x, embeddings = torch.randn(6, 3, 9, 11), torch.randn(2, 4)
+    separate = torch.cat([conv(x[3 * g : 3 * g + 3], embeddings[g]) for g in range(2)])
+    torch.testing.assert_close(conv(x, embeddings), separate)
+    stacked = torch.cat([x[:3], x[3:]], dim=1)  # group g at channels 3g..3g+2
+    torch.testing.assert_close(conv(stacked, embeddings), torch.cat([separate[:3], separate[3:]], dim=1))
+
+
+def test_stacked_batchnorm_normalises_each_group_like_batchnorm():
+    torch.manual_seed(4)
+    norm = ann.StackedBatchNorm2d(3)
+    norm.running_mean.uniform_(-1, 1)
+    norm.running_var.uniform_(0.5, 2)
+    nn.init.uniform_(norm.weight)
+    nn.init.uniform_(norm.bias)
+    norm.eval()
+    x = torch.randn(2, 6, 4, 4)
+    expected = torch.cat([F.batch_norm(x[:, 3 * g : 3 * g + 3], norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps) for g in range(2)], 1)
+    torch.testing.assert_close(norm(x), expected)
+    with pytest.raises(ValueError, match="eval mode"):
+        norm.train()(x)
+
+
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
 def test_per_group_descriptors_equal_separate_calls(name):
     """One call with descriptors [G, K] equals G calls with one descriptor each, on the matching rows."""

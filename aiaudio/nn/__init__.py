@@ -4,7 +4,7 @@ Importing this package registers ``hyper_resnet18`` and ``hyper_resnet50`` with 
 """
 
 from aiaudio.nn.heads import PredictionHead, ProjectionHead, mlp_layers
-from aiaudio.nn.hyper import HyperConv2d, InvarianceEmbedding, check_descriptor
+from aiaudio.nn.hyper import HyperConv2d, InvarianceEmbedding, StackedBatchNorm2d, check_descriptor, grouped_conv2d
 from aiaudio.nn.resnet import (
     ARCHITECTURES,
     ENCODER_KINDS,
@@ -33,9 +33,11 @@ __all__ = [
     "PlainEncoder",
     "PredictionHead",
     "ProjectionHead",
+    "StackedBatchNorm2d",
     "StaticResNet",
     "build_encoder",
     "check_descriptor",
+    "grouped_conv2d",
     "hyper_resnet",
     "hyper_resnet18",
     "hyper_resnet50",

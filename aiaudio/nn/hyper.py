@@ -58,20 +58,57 @@ def grouped_conv2d(
     """Convolve group ``g`` of ``x`` with ``kernels[g]``, all groups in one call.
 
     Args:
-        x: ``[G * n, C, H, W]``, the examples of group ``g`` at rows ``g * n`` to ``(g + 1) * n - 1``.
+        x: ``[G * n, C, H, W]``, the examples of group ``g`` at rows ``g * n`` to ``(g + 1) * n - 1``; or the groups
+            already stacked along channels, ``[n, G * C, H, W]`` (see :func:`stack_groups`), which is returned in the
+            same stacked layout without any copy.
         kernels: ``[G, O, C, k, k]``.
         stride: convolution stride.
         padding: zero padding on each side.
 
     Returns:
-        ``[G * n, O, H', W']`` in the same row order.
+        ``[G * n, O, H', W']`` in the same row order, or ``[n, G * O, H', W']`` for stacked input.
     """
     groups, out_channels, in_channels = kernels.shape[:3]
+    flat = kernels.reshape(groups * out_channels, *kernels.shape[2:])
+    if x.shape[1] == groups * in_channels:
+        return F.conv2d(x, flat, None, stride, padding, groups=groups)
+    out = F.conv2d(stack_groups(x, groups), flat, None, stride, padding, groups=groups)
+    return unstack_groups(out, groups)
+
+
+class StackedBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d that, in eval mode, also normalises G groups stacked along channels (``[n, G * C, H, W]``).
+
+    Per-group descriptors run a Hyper-ResNet with the groups stacked along the channel axis, so that every hypernetwork
+    convolution is one grouped convolution with no layout copies. Eval-mode BatchNorm is a per-channel affine map, so
+    the stacked layout only needs the statistics and affine parameters repeated G times. Same parameters and state
+    dict as :class:`torch.nn.BatchNorm2d`.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        channels = x.shape[1]
+        if channels == self.num_features or x.dim() != 4 or channels % self.num_features != 0:
+            return super().forward(x)
+        if self.training or self.running_mean is None:
+            raise ValueError("stacked groups (per-group descriptors) need BatchNorm in eval mode with running statistics")
+        groups = channels // self.num_features
+        weight = self.weight.repeat(groups) if self.weight is not None else None
+        bias = self.bias.repeat(groups) if self.bias is not None else None
+        return F.batch_norm(
+            x, self.running_mean.repeat(groups), self.running_var.repeat(groups), weight, bias, False, 0.0, self.eps
+        )
+
+
+def stack_groups(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """``[G * n, C, H, W]`` (group g at rows g*n..) -> ``[n, G * C, H, W]`` (group g at channels g*C..)."""
     n = x.shape[0] // groups
-    height, width = x.shape[-2:]
-    stacked = x.reshape(groups, n, in_channels, height, width).transpose(0, 1).reshape(n, groups * in_channels, height, width)
-    out = F.conv2d(stacked, kernels.reshape(groups * out_channels, *kernels.shape[2:]), None, stride, padding, groups=groups)
-    return out.reshape(n, groups, out_channels, *out.shape[-2:]).transpose(0, 1).reshape(groups * n, out_channels, *out.shape[-2:])
+    return x.reshape(groups, n, *x.shape[1:]).transpose(0, 1).reshape(n, groups * x.shape[1], *x.shape[2:])
+
+
+def unstack_groups(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """The inverse of :func:`stack_groups`."""
+    channels = x.shape[1] // groups
+    return x.reshape(x.shape[0], groups, channels, *x.shape[2:]).transpose(0, 1).reshape(-1, channels, *x.shape[2:])
 
 
 class InvarianceEmbedding(nn.Linear):
@@ -192,13 +229,14 @@ class HyperConv2d(nn.Module):
         With embeddings ``[G, E]``, ``x`` holds G equal groups of consecutive examples and group ``g`` is convolved
         with the kernel of ``embedding[g]`` (see :func:`grouped_conv2d`). Under autocast the kernel is cast to the autocast dtype; for channels-last input it is made channels-last too.
         """
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
+        groups = embedding.shape[0] if embedding.dim() == 2 else 1
+        if x.dim() != 4 or x.shape[1] not in (self.in_channels, groups * self.in_channels):
             raise ValueError(f"HyperConv2d expects input [B, {self.in_channels}, H, W], got {list(x.shape)}")
         kernel = self.generate_kernel(embedding)
         if torch.is_autocast_enabled(x.device.type):
             kernel = kernel.to(torch.get_autocast_dtype(x.device.type))
         if kernel.dim() == 5:
-            if x.shape[0] % kernel.shape[0] != 0:
+            if x.shape[1] != self.in_channels * kernel.shape[0] and x.shape[0] % kernel.shape[0] != 0:
                 raise ValueError(f"{kernel.shape[0]} descriptors cannot split a batch of {x.shape[0]} into equal groups")
             return grouped_conv2d(x, kernel, self.stride, self.padding)
         if x.is_contiguous(memory_format=torch.channels_last):

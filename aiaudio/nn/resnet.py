@@ -22,7 +22,14 @@ import torch.nn.functional as F
 from timm.models import register_model
 from torch import nn
 
-from aiaudio.nn.hyper import HyperConv2d, InvarianceEmbedding, check_descriptor
+from aiaudio.nn.hyper import (
+    HyperConv2d,
+    InvarianceEmbedding,
+    StackedBatchNorm2d,
+    check_descriptor,
+    stack_groups,
+    unstack_groups,
+)
 
 #: ``make_conv(in_channels, out_channels, kernel_size, stride, padding) -> conv module``
 ConvFactory = Callable[[int, int, int, int, int], nn.Module]
@@ -72,14 +79,14 @@ class BasicBlock(nn.Module):
         super().__init__()
         self.embedding = embedding
         self.conv1 = make_conv(inplanes, planes, 3, stride, 1)
-        self.bn1 = nn.BatchNorm2d(planes)
+        self.bn1 = StackedBatchNorm2d(planes)
         self.act1 = nn.ReLU(inplace=True)
         self.conv2 = make_conv(planes, planes, 3, 1, 1)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.bn2 = StackedBatchNorm2d(planes)
         self.act2 = nn.ReLU(inplace=True)
         self.downsample = None
         if stride != 1 or inplanes != planes:
-            self.downsample = Downsample(make_conv(inplanes, planes, 1, stride, 0), nn.BatchNorm2d(planes))
+            self.downsample = Downsample(make_conv(inplanes, planes, 1, stride, 0), StackedBatchNorm2d(planes))
 
     def last_norm(self) -> nn.BatchNorm2d:
         return self.bn2
@@ -112,17 +119,17 @@ class Bottleneck(nn.Module):
         outplanes = planes * self.expansion
         self.embedding = embedding
         self.conv1 = make_conv(inplanes, planes, 1, 1, 0)
-        self.bn1 = nn.BatchNorm2d(planes)
+        self.bn1 = StackedBatchNorm2d(planes)
         self.act1 = nn.ReLU(inplace=True)
         self.conv2 = make_conv(planes, planes, 3, stride, 1)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.bn2 = StackedBatchNorm2d(planes)
         self.act2 = nn.ReLU(inplace=True)
         self.conv3 = make_conv(planes, outplanes, 1, 1, 0)
-        self.bn3 = nn.BatchNorm2d(outplanes)
+        self.bn3 = StackedBatchNorm2d(outplanes)
         self.act3 = nn.ReLU(inplace=True)
         self.downsample = None
         if stride != 1 or inplanes != outplanes:
-            self.downsample = Downsample(make_conv(inplanes, outplanes, 1, stride, 0), nn.BatchNorm2d(outplanes))
+            self.downsample = Downsample(make_conv(inplanes, outplanes, 1, stride, 0), StackedBatchNorm2d(outplanes))
 
     def last_norm(self) -> nn.BatchNorm2d:
         return self.bn3
@@ -293,9 +300,13 @@ class HyperResNet(_ResNet):
     def forward_after_stem_features(self, stem: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
         """The residual stages applied to a stem output (see :meth:`forward_stem`) for descriptor(s) ``i``."""
         check_descriptor(i, self.inv_dim, stem.shape[0])
-        if i.dim() == 2 and self.training and i.shape[0] > 1:
+        if i.dim() == 1 or i.shape[0] == 1:
+            return self._blocks(stem, i if i.dim() == 1 else i[0])
+        if self.training:
             raise ValueError("per-group descriptors need the model in eval mode (BatchNorm would mix the groups)")
-        return self._blocks(stem, i)
+        # The groups run stacked along channels: every block convolution is one grouped convolution, no copies.
+        groups = i.shape[0]
+        return unstack_groups(self._blocks(stack_groups(stem, groups), i), groups)
 
     def forward_after_stem(self, stem: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
         """Pooled features from a stem output: ``forward(x, i) == forward_after_stem(forward_stem(x), i)``."""

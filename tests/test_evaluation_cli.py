@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import subprocess
 
 import numpy as np
@@ -87,3 +88,47 @@ def test_measure_and_embed_end_to_end(tiny_checkpoints, synthetic_root, tmp_path
     bad = _run("embed", str(tiny_checkpoints["amortised"]), str(synthetic_root / "FSD50K.eval_audio"), str(npz),
                "--invariance", "pitch=1", "--cache-dir", str(tmp_path / "emb"))
     assert bad.returncode == 2 and "pitch" in bad.stderr
+
+
+def _write_voxceleb1(root, speakers: int = 9, clips: int = 3) -> list[str]:
+    """A VoxCeleb1 layout of tones: speaker s speaks at its own pitch; clips of 2.5 to 11 s (1 to 3 segments)."""
+    import soundfile
+
+    names = [f"id1{index:04d}" for index in range(speakers)]
+    rng = np.random.default_rng(0)
+    for index, speaker in enumerate(names):
+        for clip in range(clips):
+            seconds = 2.5 + 4.2 * clip
+            t = np.arange(int(seconds * 16000)) / 16000
+            wave = 0.3 * np.sin(2 * np.pi * 110 * 2 ** (index / 4) * t) + 0.01 * rng.standard_normal(len(t))
+            path = root / "wav" / speaker / f"video{clip}" / "00001.wav"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            soundfile.write(path, wave, 16000, subtype="PCM_16")
+    return names
+
+
+def test_fewshot_on_a_metaaudio_layout_with_an_official_split_file(tiny_checkpoints, tmp_path):
+    """VoxCeleb1 layout, variable-length clips (segments, majority vote), MetaAudio's split-file format."""
+    root = tmp_path / "voxceleb1"
+    speakers = _write_voxceleb1(root)
+    split = np.empty(3, dtype=object)
+    split[0], split[1], split[2] = speakers[:3], speakers[3:6], speakers[6:]
+    np.save(tmp_path / "split.npy", split, allow_pickle=True)
+    out = tmp_path / "fewshot"
+    result = _run(
+        "fewshot", str(REPO / "configs" / "audio" / "metaaudio_voxceleb1.yaml"),
+        f"checkpoint={tiny_checkpoints['amortised']}", f"data.root={root}", f"data.split_file={tmp_path / 'split.npy'}",
+        f"data.cache_dir={tmp_path / 'cache'}", "data.workers=0", f"out_dir={out}", "episodes.ways=3", "episodes.shots=1",
+        "episodes.queries=1", "episodes.test_episodes=8", "episodes.val_episodes=4", "learner.steps=3",
+        "sweep.lr=[0.01]", "sweep.invariance_lr=[0.1]", "sklearn=false", "device=cpu", "progress=false",
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "results.json").read_text())
+    store = Path(report["log_mels"])
+    manifest = json.loads((store / "manifest.json").read_text())
+    assert sorted(manifest["stats_classes"]) == speakers[:3]  # statistics from the training classes only
+    assert set(np.load(store / "index.npz")["class_names"].tolist()) == set(speakers[3:])  # val + test classes
+    # clips of 2.5, 6.7 and 10.9 s give 1, 2 and 3 five-second segments
+    assert np.bincount(np.load(store / "index.npz")["segment_clip"]).tolist() == [1, 2, 3] * 6
+    rows = {row["readout"]: row for row in report["rows"]}
+    assert set(rows) == {"learned i", "i = all"} and all(row["episodes"] == 8 for row in rows.values())

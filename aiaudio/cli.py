@@ -110,6 +110,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_command(sub, name: str, help_text: str, func, example: str = "trainer.lr=5e-4") -> argparse.ArgumentParser:
+    """A subcommand that takes a CONFIG file and key.sub=value overrides."""
+    parser = sub.add_parser(name, help=help_text)
+    parser.add_argument("config")
+    parser.add_argument("overrides", nargs="*", help=f"key.sub=value, e.g. {example}")
+    parser.set_defaults(func=func)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aiaudio",
@@ -118,32 +127,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("cache", help="decode a data set once into a 16 kHz int16 waveform cache")
-    p.add_argument("config")
-    p.add_argument("overrides", nargs="*", help="key.sub=value")
+    p = _config_command(sub, "cache", "decode a data set once into a 16 kHz int16 waveform cache", cmd_cache)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--overwrite", action="store_true", help="replace a cache built from different clips")
-    p.set_defaults(func=cmd_cache)
-
-    p = sub.add_parser("pretrain", help="pretrain (or resume) a contrastive model; works under torchrun")
-    p.add_argument("config")
-    p.add_argument("overrides", nargs="*", help="key.sub=value")
-    p.set_defaults(func=cmd_pretrain)
-
-    p = sub.add_parser("fewshot", help="N-way K-shot evaluation with learned invariances (MetaAudio or synthetic)")
-    p.add_argument("config")
-    p.add_argument("overrides", nargs="*", help="key.sub=value, e.g. checkpoint=runs/x data.root=/data/ESC-50")
-    p.set_defaults(func=cmd_fewshot)
-
-    p = sub.add_parser("measure", help="invariance table and plots of a pretrained encoder")
-    p.add_argument("config")
-    p.add_argument("overrides", nargs="*", help="key.sub=value, e.g. checkpoint=runs/x data.root=/data/FSD50K")
-    p.set_defaults(func=cmd_measure)
-
-    p = sub.add_parser("readout", help="many-shot linear (or regression) readout with a learned invariance")
-    p.add_argument("config")
-    p.add_argument("overrides", nargs="*", help="key.sub=value, e.g. checkpoint=runs/x data.root=/data/clips")
-    p.set_defaults(func=cmd_readout)
+    _config_command(sub, "pretrain", "pretrain (or resume) a contrastive model; works under torchrun", cmd_pretrain)
+    _config_command(
+        sub, "fewshot", "N-way K-shot evaluation with learned invariances (MetaAudio or synthetic)", cmd_fewshot,
+        "checkpoint=runs/x data.root=/data/ESC-50",
+    )
+    _config_command(
+        sub, "measure", "invariance table and plots of a pretrained encoder", cmd_measure,
+        "checkpoint=runs/x data.root=/data/FSD50K",
+    )
+    _config_command(
+        sub, "readout", "many-shot linear (or regression) readout with a learned invariance", cmd_readout,
+        "checkpoint=runs/x data.root=/data/clips",
+    )
 
     p = sub.add_parser("embed", help="features of every audio file under a folder at a given invariance")
     p.add_argument("checkpoint", help="a pretraining run directory or a checkpoint directory")

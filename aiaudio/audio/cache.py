@@ -345,6 +345,18 @@ def _publish(partial_dir: Path, out_dir: Path) -> None:
         os.replace(partial_dir, out_dir)
 
 
+def read_versioned_json(path: Path, version: int, error: type[Exception], remedy: str) -> dict[str, Any]:
+    """The JSON object in ``path``; ``error`` naming the file when it is unreadable or its format_version differs."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as failure:
+        raise error(f"{path} is not readable JSON ({failure})") from failure
+    if not isinstance(data, dict) or data.get("format_version") != version:
+        found = data.get("format_version") if isinstance(data, dict) else None
+        raise error(f"{path} has format_version {found!r}, expected {version}; {remedy}")
+    return data
+
+
 class WaveformCache:
     """Read-only access to a cache written by :func:`build_cache`.
 
@@ -367,15 +379,9 @@ class WaveformCache:
                 raise CacheError(
                     f"{self.directory} is not a waveform cache: {name} is missing; run `aiaudio cache` to build it"
                 )
-        try:
-            self.meta: dict[str, Any] = json.loads((self.directory / META_FILE).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as error:
-            raise CacheError(f"{self.directory / META_FILE} is not readable JSON ({error})") from error
-        if self.meta.get("format_version") != FORMAT_VERSION:
-            raise CacheError(
-                f"{self.directory / META_FILE} has format_version {self.meta.get('format_version')!r}, "
-                f"expected {FORMAT_VERSION}; delete the folder and run `aiaudio cache` again"
-            )
+        self.meta: dict[str, Any] = read_versioned_json(
+            self.directory / META_FILE, FORMAT_VERSION, CacheError, "delete the folder and run `aiaudio cache` again"
+        )
         with np.load(self.directory / INDEX_FILE, allow_pickle=False) as index:
             self._keys = index["keys"]
             self.paths: list[str] = index["paths"].tolist()

@@ -48,7 +48,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from aiaudio.audio.cache import _PARTIAL_MARKER, ClipEntry, WaveformCache, _remove_stale_partials, build_cache
+from aiaudio.audio.cache import (
+    _PARTIAL_MARKER,
+    ClipEntry,
+    WaveformCache,
+    _remove_stale_partials,
+    build_cache,
+    read_versioned_json,
+)
 from aiaudio.audio.datasets import DatasetError, _keyed_rows
 from aiaudio.audio.frontend import LogMel, LogMelConfig, compute_stats
 from aiaudio.seeding import mix_seed
@@ -505,15 +512,9 @@ class LogMelSet:
         for name in (MANIFEST_FILE, INDEX_FILE, SEGMENTS_FILE):
             if not (self.directory / name).is_file():
                 raise DatasetError(f"{self.directory} is not a log-mel store: {name} is missing")
-        try:
-            self.manifest: dict[str, Any] = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as error:
-            raise DatasetError(f"{manifest_path} is not readable JSON ({error})") from error
-        if self.manifest.get("format_version") != FORMAT_VERSION:
-            raise DatasetError(
-                f"{manifest_path} has format_version {self.manifest.get('format_version')!r}, expected "
-                f"{FORMAT_VERSION}; delete the folder to rebuild it"
-            )
+        self.manifest: dict[str, Any] = read_versioned_json(
+            manifest_path, FORMAT_VERSION, DatasetError, "delete the folder to rebuild it"
+        )
         with np.load(self.directory / INDEX_FILE, allow_pickle=False) as index:
             self.segment_clip: np.ndarray = index["segment_clip"]
             self.clip_class: np.ndarray = index["clip_class"]

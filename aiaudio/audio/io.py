@@ -6,8 +6,10 @@ file raises :class:`AudioReadError`, which names the file and the problem.
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import soundfile
@@ -58,19 +60,42 @@ def read_audio(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray:
         raise AudioReadError(path, "is a directory, not an audio file")
     if path.is_file() and path.stat().st_size == 0:
         raise AudioReadError(path, "empty file (0 bytes)")
+    return _decode(path, path, sample_rate)
+
+
+def read_audio_bytes(data: bytes, name: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray:
+    """Decode an audio file held in memory (e.g. a member of a zip archive), as :func:`read_audio` does a path.
+
+    Args:
+        data: The file's bytes.
+        name: Where the bytes come from (``archive.pk3:sound/a.ogg``), used in error messages.
+        sample_rate: The rate of the returned waveform, in Hz.
+
+    Raises:
+        AudioReadError: The bytes are empty or not decodable, or hold no or non-finite samples.
+    """
+    if sample_rate <= 0:
+        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+    if not data:
+        raise AudioReadError(name, "empty file (0 bytes)")
+    return _decode(io.BytesIO(data), name, sample_rate)
+
+
+def _decode(source: str | os.PathLike | BinaryIO, name: str | os.PathLike, sample_rate: int) -> np.ndarray:
+    """Decode ``source`` to float32 mono at ``sample_rate``; errors name ``name``."""
     try:
-        data, file_rate = soundfile.read(path, dtype="float32", always_2d=True)
+        data, file_rate = soundfile.read(source, dtype="float32", always_2d=True)
     except (RuntimeError, OSError, TypeError, ValueError) as error:
-        raise AudioReadError(path, f"not a decodable audio file ({error})") from error
+        raise AudioReadError(name, f"not a decodable audio file ({error})") from error
     if data.shape[0] == 0:
-        raise AudioReadError(path, "holds no samples")
+        raise AudioReadError(name, "holds no samples")
     wave = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
     if not np.isfinite(wave).all():
-        raise AudioReadError(path, "holds non-finite samples (NaN or infinity)")
+        raise AudioReadError(name, "holds non-finite samples (NaN or infinity)")
     if file_rate != sample_rate:
         wave = soxr.resample(wave, file_rate, sample_rate, quality="HQ")
         if wave.shape[0] == 0:
-            raise AudioReadError(path, f"too short to resample from {file_rate} Hz to {sample_rate} Hz")
+            raise AudioReadError(name, f"too short to resample from {file_rate} Hz to {sample_rate} Hz")
     return np.ascontiguousarray(wave, dtype=np.float32)
 
 

@@ -181,17 +181,20 @@ def fluidsynth_runtime(debs_dir: Path, unpack_root: Path) -> tuple[dict[str, str
 
 @dataclass(frozen=True)
 class SourceFile:
-    """One audio file of a package: a file on disk, or a member of a zip archive (``member`` set)."""
+    """One audio file of a package: a file on disk, or a member of a zip archive (``member`` set).
+
+    ``root`` is the folder the package was unpacked into; ``path`` lies under it.
+    """
 
     package: str
+    root: Path
     path: Path
     member: str | None = None
 
     @property
     def name(self) -> str:
         """Where the file lives in its package, e.g. ``usr/share/games/ufoai/base/0sound.pk3:sound/a.ogg``."""
-        root = next(parent for parent in self.path.parents if parent.name == self.package)
-        inside = self.path.relative_to(root).as_posix()
+        inside = self.path.relative_to(self.root).as_posix()
         return f"{inside}:{self.member}" if self.member else inside
 
     def read_bytes(self) -> bytes:
@@ -209,14 +212,14 @@ def audio_sources(package: str, unpacked: Path) -> list[SourceFile]:
             continue
         suffix = path.suffix.lower()
         if suffix in AUDIO_SUFFIXES:
-            sources.append(SourceFile(package, path))
+            sources.append(SourceFile(package, unpacked, path))
         elif suffix in ARCHIVE_SUFFIXES:
             try:
                 with zipfile.ZipFile(path) as archive:
                     members = sorted(info.filename for info in archive.infolist() if not info.is_dir())
             except zipfile.BadZipFile as error:
                 raise BuildError(f"{path} is not a readable zip archive ({error})") from error
-            sources += [SourceFile(package, path, m) for m in members if Path(m).suffix.lower() in AUDIO_SUFFIXES]
+            sources += [SourceFile(package, unpacked, path, m) for m in members if Path(m).suffix.lower() in AUDIO_SUFFIXES]
     return sources
 
 
@@ -377,6 +380,7 @@ def build_set(out: Path, params: dict[str, Any], write: Callable[[Path], dict[st
 
     The set is written to ``out.partial`` and renamed when complete, so an interrupted build leaves no half set.
     """
+    params = json.loads(json.dumps(params))  # as complete.json holds them (tuples become lists), so equal ones match
     marker = out / "complete.json"
     if marker.is_file():
         done = json.loads(marker.read_text(encoding="utf-8"))

@@ -551,3 +551,24 @@ def test_run_end_to_end_on_tiny_sets(tmp_path, monkeypatch):
     assert len(fewshot_calls) == 4
     again = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert {key: [r["accuracy"] for r in report["rows"]] for key, report in again["fewshot"].items()} == first
+
+
+@pytest.mark.parametrize("budget", ["cpu", "gpu"])
+def test_shipped_budgets_parse_into_every_stage_config(budget):
+    """Every override in configs/minibench/*.yaml names a real key of the stage config it is applied to."""
+    from aiaudio.config import apply_overrides, from_dict, load_yaml
+    from aiaudio.fewshot import parse_fewshot_config
+    from aiaudio.measure import parse_measure_config
+    from aiaudio.pretrain import parse_config
+
+    config = from_dict(run.MinibenchConfig, load_yaml(run.REPO / "configs" / "minibench" / f"{budget}.yaml"))
+    for name in run.MODELS:
+        pretrain = parse_config(apply_overrides(load_yaml(run._path(getattr(config.pretrain, name))),
+                                                ["data.root=/data", *config.pretrain.overrides]))
+        assert pretrain.trainer.steps > 0
+    assert set(config.fewshot.sets) == {"esc50", "nsynth"}
+    for set_config in config.fewshot.sets.values():
+        fewshot = parse_fewshot_config(apply_overrides(load_yaml(run._path(set_config)), config.fewshot.overrides))
+        assert fewshot.episodes.ways == 5
+    measure = parse_measure_config(apply_overrides(load_yaml(run._path(config.measure.config)), config.measure.overrides))
+    assert measure.clips > 0

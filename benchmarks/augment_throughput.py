@@ -2,7 +2,9 @@
 
 Both produce normalised log-mel views of 5 s clips at 16 kHz with all seven augmentations on:
 
-* batched: ``ClarAugment`` on whole batches on ``--device`` (all CPU cores through torch's intra-op threads);
+* batched: ``ClarAugment`` on whole batches on ``--device``: on the CPU by default one process using every core
+  through torch's intra-op threads, or with ``--batched-processes N`` N single-threaded processes, each making its
+  own batches (the layout of the reference, and of data-loader workers);
 * reference: ``ReferenceClarChain`` (audiomentations + torchaudio ``Fade``) and ``LogMel`` one clip at a time, in a
   ``multiprocessing`` pool of ``--workers`` processes (default: one per core), each single-threaded.
 
@@ -111,6 +113,41 @@ class BatchedRunner:
         return per_op
 
 
+_BATCHED_WORKER: dict[str, BatchedRunner] = {}
+
+
+def _init_batched_worker(clips: np.ndarray, batch_size: int, pitch_domain: str) -> None:
+    torch.set_num_threads(1)
+    runner = BatchedRunner(clips, torch.device("cpu"), batch_size, pitch_domain)
+    runner.step = os.getpid() << 24  # each process its own batches and seeds
+    _BATCHED_WORKER["runner"] = runner
+
+
+def _batched_worker_run(seconds: float) -> int:
+    return _BATCHED_WORKER["runner"].run(seconds)[0]
+
+
+class BatchedProcessRunner:
+    """``BatchedRunner`` in each of a pool of single-threaded CPU processes, all running at once."""
+
+    def __init__(self, clips: np.ndarray, processes: int, batch_size: int, pitch_domain: str) -> None:
+        # Fork before the parent runs any multi-threaded torch op.
+        self.processes = processes
+        self.pool = mp.get_context("fork").Pool(
+            processes, initializer=_init_batched_worker, initargs=(clips, batch_size, pitch_domain)
+        )
+
+    def run(self, seconds: float) -> tuple[int, float]:
+        """Views made by all processes and the wall-clock seconds taken, each running for at least ``seconds``."""
+        start = time.perf_counter()
+        views = sum(self.pool.map(_batched_worker_run, [seconds] * self.processes, chunksize=1))
+        return views, time.perf_counter() - start
+
+    def close(self) -> None:
+        self.pool.close()
+        self.pool.join()
+
+
 _WORKER: dict[str, object] = {}
 
 
@@ -171,6 +208,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--pitch-domain", choices=PITCH_DOMAINS, default="waveform", help="where the batched chain shifts pitch"
     )
+    parser.add_argument(
+        "--batched-processes",
+        type=int,
+        default=0,
+        help="CPU only: run the batched chain in this many single-threaded processes (0: one process, all threads)",
+    )
     args = parser.parse_args(argv)
 
     if args.device == "auto":
@@ -181,14 +224,22 @@ def main(argv: list[str] | None = None) -> None:
     malloc_tuned = False if args.no_malloc_tuning else tune_cpu_allocator()
     clips = make_clips(args.clips, args.clip_seconds)
 
+    if args.batched_processes < 0 or (args.batched_processes and device.type != "cpu"):
+        parser.error("--batched-processes takes a count >= 0, and only with --device cpu")
     reference_runner = ReferenceRunner(clips, args.workers, args.reference_method)
+    process_runner = (
+        BatchedProcessRunner(clips, args.batched_processes, batch_size, args.pitch_domain)
+        if args.batched_processes
+        else None
+    )
     batched_runner = BatchedRunner(clips, device, batch_size, args.pitch_domain)
+    timed_batched: BatchedRunner | BatchedProcessRunner = process_runner or batched_runner
     reference_runner.run(0.0)  # warm-up: imports, JIT compilation, first allocations
-    batched_runner.run(0.0)
+    timed_batched.run(0.0)
     # Alternate the two sides in short rounds so that both see the same background load.
     totals = {"reference": [0, 0.0, [0] * 8], "batched": [0, 0.0, [0] * 8]}
     for _ in range(args.rounds):
-        for side, runner in (("reference", reference_runner), ("batched", batched_runner)):
+        for side, runner in (("reference", reference_runner), ("batched", timed_batched)):
             before = _cpu_times()
             views, elapsed = runner.run(args.seconds / args.rounds)
             after = _cpu_times()
@@ -197,6 +248,8 @@ def main(argv: list[str] | None = None) -> None:
             if before is not None and after is not None:
                 totals[side][2] = [t + b - a for t, a, b in zip(totals[side][2], before, after)]
     reference_runner.close()
+    if process_runner is not None:
+        process_runner.close()
     results = {}
     for side, (views, elapsed, cpu) in totals.items():
         results[side] = {
@@ -217,6 +270,11 @@ def main(argv: list[str] | None = None) -> None:
             "reference_workers": args.workers,
             "reference_method": args.reference_method,
             "pitch_domain": args.pitch_domain,
+            "batched_layout": (
+                f"{args.batched_processes} single-threaded processes"
+                if args.batched_processes
+                else f"1 process, {torch.get_num_threads()} intra-op threads"
+            ),
             "timing_seconds_per_side": args.seconds,
             "alternating_rounds": args.rounds,
         },

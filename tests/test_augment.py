@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.signal
+import scipy.stats
 import torch
 import torchaudio
 from audiomentations import PitchShift as ReferencePitchShift
@@ -23,6 +24,7 @@ from aiaudio.audio.augment import (
     TimeShift,
     TimeStretch,
     active_ops,
+    quantised_normal,
 )
 from aiaudio.audio.frontend import LogMel
 from aiaudio.config import from_dict
@@ -195,6 +197,32 @@ def test_time_stretch_rate_one_is_identity_and_tail_is_silence() -> None:
     assert bool((out[1, :, 13:] == 0).all()) and bool((out[1, :, :13] > 0).all())  # 12 * 1.5 = 18 <= 19 < 13 * 1.5
     torch.testing.assert_close(out[1, :, 2], mel[1, :, 3])  # frame 2 reads source 3.0 exactly
     torch.testing.assert_close(out[1, :, 1], 0.5 * (mel[1, :, 1] + mel[1, :, 2]))  # frame 1 reads 1.5
+
+
+# ------------------------------------------------------------------------------------------------ normal draws
+
+
+def test_quantised_normal_matches_the_normal_distribution() -> None:
+    draws = quantised_normal((1001, 999), _generator(3)).double().numpy()  # an odd count: the last pair is cut
+    assert draws.shape == (1001, 999)
+    values = draws.ravel()
+    # Kolmogorov distance to scipy's normal CDF, and moments; n = 10**6, so sampling noise is about 1e-3.
+    assert scipy.stats.kstest(values, "norm").statistic < 0.004
+    assert abs(values.mean()) < 0.005 and abs(values.var() - 1.0) < 0.005
+    assert abs(scipy.stats.kurtosis(values)) < 0.05
+    levels = [0.01, 0.1, 0.5, 0.9, 0.99]
+    np.testing.assert_allclose(np.quantile(values, levels), scipy.stats.norm.ppf(levels), atol=0.02)
+    # Neighbours (the two values of a pair, and values from different pairs) are uncorrelated.
+    assert abs(np.corrcoef(values[0:-1:2], values[1::2])[0, 1]) < 0.005
+    assert abs(np.corrcoef(values[:-1], values[1:])[0, 1]) < 0.005
+
+
+def test_quantised_normal_is_reproducible_and_scaled_by_std() -> None:
+    a = quantised_normal((4, 6), _generator(1))
+    assert torch.equal(a, quantised_normal((4, 6), _generator(1)))
+    assert not torch.equal(a, quantised_normal((4, 6), _generator(2)))
+    assert torch.allclose(quantised_normal((4, 6), _generator(1), std=0.5), 0.5 * a)
+    assert a.dtype == torch.float32
 
 
 # ------------------------------------------------------------------------------------------------------------ noise

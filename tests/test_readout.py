@@ -272,9 +272,12 @@ def test_readout_end_to_end_on_tones(tiny_checkpoint, tones, tmp_path):
     summary = run_readout(regression)
     report = json.loads((tmp_path / "pitch" / "results.json").read_text())
     assert report["metric"] == "r2" and report["data"]["test_clips"] == 15  # the split column's test rows
+    # A two-step encoder is nearly random, and 15 test clips are few: over pretraining seeds 0-5 the learned
+    # readout's test R2 ranged from 0.07 to 0.76 (validation 0.68-0.91), so each readout is held to beating the
+    # training mean (R2 0) on the test clips and to fitting its validation clips; the best one to more.
     assert max(result["test_score"] for result in summary["readouts"].values()) > 0.35
     for name, result in summary["readouts"].items():
-        assert result["test_score"] > 0.2, (name, result)  # predicting the training mean scores about 0
+        assert result["test_score"] > 0.0 and result["val_score"] > 0.5, (name, result)
 
 
 def test_readout_config_errors_name_the_key(tmp_path):

@@ -32,6 +32,7 @@ Two ops are reformulated so that they batch well; both keep the meaning of the C
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -213,6 +214,50 @@ def _uniform_int(
 def _choice(count: int, batch_size: int, generator: torch.Generator) -> torch.Tensor:
     """Per-example indices uniform in {0, ..., count - 1}, int64."""
     return torch.randint(count, (batch_size,), generator=generator, device=generator.device)
+
+
+#: Levels of the radius and of the angle in :func:`standard_normal`'s polar table (16 random bits per pair of draws).
+_POLAR_LEVELS = 256
+
+
+@functools.lru_cache(maxsize=8)
+def _normal_pair_table(device: torch.device, std: float) -> torch.Tensor:
+    """``[65536, 2]``: a bivariate normal (independent coordinates, deviation ``std``) quantised in polar coordinates.
+
+    Entry ``256 r + a`` is ``radius_r * (cos angle_a, sin angle_a)`` at the midpoint quantiles: ``radius_r``
+    proportional to ``sqrt(-2 ln(1 - (r + 0.5) / 256))`` (the Rayleigh inverse CDF), rescaled
+    so that each coordinate's variance is exactly ``std**2``, and ``angle_a = 2 pi (a + 0.5) / 256``.
+    """
+    levels = (torch.arange(_POLAR_LEVELS, dtype=torch.float64) + 0.5) / _POLAR_LEVELS
+    radius = torch.sqrt(-2.0 * torch.log1p(-levels))
+    radius = radius * (std * math.sqrt(2.0) / radius.square().mean().sqrt())  # E[r^2] = 2 std^2: variance exactly std^2
+    angle = 2.0 * math.pi * levels
+    pairs = torch.stack([radius[:, None] * torch.cos(angle)[None, :], radius[:, None] * torch.sin(angle)[None, :]], -1)
+    return pairs.reshape(-1, 2).to(device=device, dtype=torch.float32)
+
+
+def quantised_normal(size: tuple[int, ...], generator: torch.Generator, std: float = 1.0) -> torch.Tensor:
+    """Float32 draws from N(0, std**2), shape ``size``, on the generator's device: a fast stand-in for ``torch.randn``.
+
+    Why: torch's CPU generator (a Mersenne twister, one thread whatever the thread count) spends about as long per
+    32-bit word as ``randn`` spends per value, and the noise op needs millions of values per batch: as ``randn`` it
+    was a fifth of the CPU time of the whole batched chain. Here each pair of values costs 16 random bits: an index
+    into a 65,536-entry table of the bivariate normal quantised in polar coordinates (256 Rayleigh radii at their
+    midpoint quantiles x 256 angles), so the two values of a pair are uncorrelated and each is normal up to the
+    quantisation (the largest gap between its CDF and the normal CDF is below 0.0015; values stop at 3.53 std,
+    where the normal has 0.04 % of its mass beyond). It draws a quarter as many 64-bit words as values are asked
+    for, and about halves the time of ``randn`` on the CPU.
+    """
+    count = math.prod(size)
+    num_pairs = (count + 1) // 2
+    words = torch.empty((num_pairs + 3) // 4, dtype=torch.int64, device=generator.device)
+    words.random_(-(2**63), None, generator=generator)  # all 64 bits random: four 16-bit indices per word
+    index = words.view(torch.int16).to(torch.int32).add_(32768)[:num_pairs]
+    # The table's pairs of float32 read as one int64 each: a gather of 8-byte rows, several times faster than of
+    # two-float rows.
+    table = _normal_pair_table(generator.device, float(std)).view(torch.int64).view(-1)
+    values = table.index_select(0, index).view(torch.float32)
+    return values.view(-1)[:count].view(size)
 
 
 def _keep_unselected(apply: torch.Tensor, augmented: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
@@ -516,7 +561,7 @@ def fade_curve(ramp: torch.Tensor, shape: str, fade_in: bool) -> torch.Tensor:
     if fade_in:
         curves = {
             "linear": lambda t: t,
-            "exponential": lambda t: torch.pow(2.0, t - 1.0) * t,
+            "exponential": lambda t: torch.exp2(t - 1.0) * t,  # exp2: a vector kernel, unlike pow with a scalar base
             "logarithmic": lambda t: torch.log10(0.1 + t) + 1.0,
             "quarter_sine": lambda t: torch.sin(t * math.pi / 2.0),
             "half_sine": lambda t: torch.sin(t * math.pi - math.pi / 2.0) / 2.0 + 0.5,
@@ -524,7 +569,7 @@ def fade_curve(ramp: torch.Tensor, shape: str, fade_in: bool) -> torch.Tensor:
     else:
         curves = {
             "linear": lambda t: -t + 1.0,
-            "exponential": lambda t: torch.pow(2.0, -t) * (1.0 - t),
+            "exponential": lambda t: torch.exp2(-t) * (1.0 - t),
             "logarithmic": lambda t: torch.log10(1.1 - t) + 1.0,
             "quarter_sine": lambda t: torch.sin(t * math.pi / 2.0 + math.pi / 2.0),
             "half_sine": lambda t: torch.sin(t * math.pi + math.pi / 2.0) / 2.0 + 0.5,
@@ -646,12 +691,12 @@ class AddNoise(BatchedAugmentation):
 
     def randomize_parameters(self, batch_size: int, num_samples: int, generator: torch.Generator) -> Params:
         num_bins = num_samples // 2 + 1
-        device = generator.device
         return {
             "apply": self._draw_apply(batch_size, generator),
             "colour": _choice(len(self.colours), batch_size, generator),
             "snr_db": _uniform(self.min_snr_db, self.max_snr_db, batch_size, generator),
-            "spectrum": torch.randn(batch_size, num_bins, generator=generator, device=device, dtype=torch.complex64),
+            # Complex normal with E|z|^2 = 1, as torch.randn(..., dtype=torch.complex64) draws it.
+            "spectrum": torch.view_as_complex(quantised_normal((batch_size, num_bins, 2), generator, std=math.sqrt(0.5))),
         }
 
     def noise(self, params: Params, num_samples: int, device: torch.device) -> torch.Tensor:
@@ -659,7 +704,8 @@ class AddNoise(BatchedAugmentation):
         params = _params_to(params, device)
         num_bins = num_samples // 2 + 1
         # Amplitude f**(-alpha/2) of each colour ([C, F], no DC), repeated for the real and imaginary parts of each
-        # bin, then each example's row: one contiguous real product shapes the whole batch.
+        # bin, then each example's row: one contiguous real product shapes the whole batch (several times faster
+        # than broadcasting a [B, F, 1] amplitude over the real/imaginary pairs).
         log_bin = torch.log(torch.arange(1, num_bins, device=device, dtype=torch.float32))
         table = torch.exp(-0.5 * self.exponents.to(device)[:, None] * log_bin[None, :])
         table = torch.cat([torch.zeros_like(table[:, :1]), table], dim=1).repeat_interleave(2, dim=1)
@@ -675,7 +721,7 @@ class AddNoise(BatchedAugmentation):
         noise_power = _mean_square(noise).clamp_min(torch.finfo(x.dtype).tiny)
         target_power = signal_power / torch.pow(10.0, params["snr_db"].to(x.dtype) / 10.0)
         scale = torch.sqrt(target_power / noise_power)
-        noisy = noise.mul_(scale[:, None]).add_(x)
+        noisy = torch.addcmul(x, noise, scale[:, None])
         return _keep_unselected(params["apply"], noisy, x)
 
 
@@ -699,7 +745,7 @@ class TimeMask(BatchedAugmentation):
             "length": length,
             "start": _uniform_int(0, num_samples - length, batch_size, generator),
             "use_noise": torch.rand(batch_size, generator=generator, device=generator.device) < self.noise_probability,
-            "noise": torch.randn(batch_size, max(max_length, 1), generator=generator, device=generator.device),
+            "noise": quantised_normal((batch_size, max(max_length, 1)), generator),
         }
 
     def apply_transform(self, x: torch.Tensor, params: Params) -> torch.Tensor:

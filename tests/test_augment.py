@@ -16,6 +16,7 @@ from aiaudio.audio.augment import (
     AddNoise,
     ClarAugment,
     ClarConfig,
+    FadeConfig,
     FadeIn,
     FadeOut,
     PitchShift,
@@ -268,7 +269,7 @@ FADE_CASES = [(shape, length) for shape in FADE_SHAPES for length in (0, 1, 2, 7
 @pytest.mark.parametrize("op_cls, fade_in", [(FadeIn, True), (FadeOut, False)])
 def test_fade_envelopes_equal_torchaudio_fade(op_cls: type, fade_in: bool) -> None:
     n = 8000
-    op = op_cls(shapes=FADE_SHAPES)
+    op = op_cls(FadeConfig(shapes=FADE_SHAPES))
     params = {
         "apply": torch.ones(len(FADE_CASES), dtype=torch.bool),
         "shape": torch.tensor([op.shapes.index(shape) for shape, _ in FADE_CASES]),

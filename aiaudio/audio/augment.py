@@ -176,6 +176,10 @@ class TimeStretchConfig:
         _check_range("TimeStretchConfig", "min_rate", self.min_rate, "max_rate", self.max_rate)
 
 
+#: The config of any one op.
+OpConfig = PitchShiftConfig | FadeConfig | NoiseConfig | TimeMaskConfig | TimeShiftConfig | TimeStretchConfig
+
+
 @dataclass
 class ClarConfig:
     """Parameters of the seven CLAR augmentations (defaults: CLAR's ranges, every op applied with p = 1)."""
@@ -285,16 +289,17 @@ def _check_waveforms(x: torch.Tensor, owner: str) -> None:
 
 
 class BatchedAugmentation(nn.Module):
-    """Base of the batched ops: per-example application with probability ``p``.
+    """Base of the batched ops: per-example application with probability ``config.p``.
 
-    Subclasses implement ``randomize_parameters`` (which must include the boolean ``"apply"`` of shape ``[B]``) and
-    ``apply_transform``.
+    Each op is built from its config dataclass (validated there, and the one place of its defaults), kept as
+    ``self.config``. Subclasses implement ``randomize_parameters`` (which must include the boolean ``"apply"`` of
+    shape ``[B]``) and ``apply_transform``.
     """
 
-    def __init__(self, p: float = 1.0) -> None:
+    def __init__(self, config: OpConfig) -> None:
         super().__init__()
-        _check_probability(type(self).__name__, p)
-        self.p = float(p)
+        self.config = config
+        self.p = float(config.p)
 
     def _draw_apply(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
         return torch.rand(batch_size, generator=generator, device=generator.device) < self.p
@@ -319,11 +324,11 @@ class BatchedAugmentation(nn.Module):
 class _SemitoneShift(BatchedAugmentation):
     """Shared by the two pitch shifts: per-example semitones uniform in [min_semitones, max_semitones]."""
 
-    def __init__(self, p: float = 1.0, min_semitones: float = -15.0, max_semitones: float = 15.0) -> None:
-        super().__init__(p)
-        _check_range(type(self).__name__, "min_semitones", min_semitones, "max_semitones", max_semitones)
-        self.min_semitones = float(min_semitones)
-        self.max_semitones = float(max_semitones)
+    def __init__(self, config: PitchShiftConfig | None = None) -> None:
+        config = config if config is not None else PitchShiftConfig()
+        super().__init__(config)
+        self.min_semitones = float(config.min_semitones)
+        self.max_semitones = float(config.max_semitones)
 
     def randomize_parameters(self, batch_size: int, num_samples: int, generator: torch.Generator) -> Params:
         return {
@@ -335,24 +340,14 @@ class _SemitoneShift(BatchedAugmentation):
 class PitchShift(_SemitoneShift):
     """Pitch shift by a per-example number of semitones: a phase-vocoder warp of the STFT along frequency.
 
-    Args:
-        p: probability of shifting an example.
-        min_semitones, max_semitones: range of the uniform shift.
-        n_fft, hop_length: STFT size (periodic Hann window of ``n_fft``) and hop.
+    Uses ``config``'s probability ``p``, semitone range, and STFT size ``n_fft`` (periodic Hann window) and hop
+    ``hop_length`` (its ``domain`` is the caller's choice of this class or :class:`SpectralPitchShift`).
     """
 
-    def __init__(
-        self,
-        p: float = 1.0,
-        min_semitones: float = -15.0,
-        max_semitones: float = 15.0,
-        n_fft: int = 1024,
-        hop_length: int = 256,
-    ) -> None:
-        PitchShiftConfig(p, min_semitones, max_semitones, n_fft, hop_length)  # validates
-        super().__init__(p, min_semitones, max_semitones)
-        self.n_fft = int(n_fft)
-        self.hop_length = int(hop_length)
+    def __init__(self, config: PitchShiftConfig | None = None) -> None:
+        super().__init__(config)
+        self.n_fft = int(self.config.n_fft)
+        self.hop_length = int(self.config.hop_length)
         self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
 
     def apply_transform(self, x: torch.Tensor, params: Params) -> torch.Tensor:
@@ -443,11 +438,8 @@ class SpectralPitchShift(_SemitoneShift):
 
     The fast alternative to :class:`PitchShift` (``augment.pitch_shift.domain: spectrogram``): a gather along
     frequency, applied between the STFT and the mel projection, so it follows the waveform ops instead of preceding
-    them. Partials move to ``r * f`` with their level kept; bins whose source lies above Nyquist are silent.
-
-    Args:
-        p: probability of shifting an example.
-        min_semitones, max_semitones: range of the uniform shift.
+    them. Partials move to ``r * f`` with their level kept; bins whose source lies above Nyquist are silent. Uses
+    ``config``'s probability ``p`` and semitone range.
     """
 
     def apply_transform(self, x: torch.Tensor, params: Params) -> torch.Tensor:
@@ -582,16 +574,11 @@ def fade_curve(ramp: torch.Tensor, shape: str, fade_in: bool) -> torch.Tensor:
 class _Fade(BatchedAugmentation):
     fade_in: bool = True
 
-    def __init__(
-        self,
-        p: float = 1.0,
-        shapes: tuple[str, ...] = ("linear", "logarithmic", "exponential"),
-        max_fraction: float = 0.5,
-    ) -> None:
-        super().__init__(p)
-        FadeConfig(p=p, shapes=tuple(shapes), max_fraction=max_fraction)  # validates
-        self.shapes = tuple(shapes)
-        self.max_fraction = float(max_fraction)
+    def __init__(self, config: FadeConfig | None = None) -> None:
+        config = config if config is not None else FadeConfig()
+        super().__init__(config)
+        self.shapes = tuple(config.shapes)
+        self.max_fraction = float(config.max_fraction)
 
     def randomize_parameters(self, batch_size: int, num_samples: int, generator: torch.Generator) -> Params:
         return {
@@ -673,18 +660,12 @@ class AddNoise(BatchedAugmentation):
     ``10 log10(mean(x**2) / mean(noise**2))`` equals the drawn SNR; a silent clip gets no noise.
     """
 
-    def __init__(
-        self,
-        p: float = 1.0,
-        colours: tuple[str, ...] = ("white", "pink", "brown"),
-        min_snr_db: float = 3.0,
-        max_snr_db: float = 30.0,
-    ) -> None:
-        super().__init__(p)
-        NoiseConfig(p=p, colours=tuple(colours), min_snr_db=min_snr_db, max_snr_db=max_snr_db)  # validates
-        self.colours = tuple(colours)
-        self.min_snr_db = float(min_snr_db)
-        self.max_snr_db = float(max_snr_db)
+    def __init__(self, config: NoiseConfig | None = None) -> None:
+        config = config if config is not None else NoiseConfig()
+        super().__init__(config)
+        self.colours = tuple(config.colours)
+        self.min_snr_db = float(config.min_snr_db)
+        self.max_snr_db = float(config.max_snr_db)
         self.register_buffer(
             "exponents", torch.tensor([NOISE_EXPONENTS[c] for c in self.colours], dtype=torch.float32), persistent=False
         )
@@ -731,11 +712,11 @@ class TimeMask(BatchedAugmentation):
     The noise is white Gaussian at the clip's RMS; it is chosen with probability ``noise_probability``.
     """
 
-    def __init__(self, p: float = 1.0, max_fraction: float = 0.125, noise_probability: float = 0.5) -> None:
-        super().__init__(p)
-        TimeMaskConfig(p=p, max_fraction=max_fraction, noise_probability=noise_probability)  # validates
-        self.max_fraction = float(max_fraction)
-        self.noise_probability = float(noise_probability)
+    def __init__(self, config: TimeMaskConfig | None = None) -> None:
+        config = config if config is not None else TimeMaskConfig()
+        super().__init__(config)
+        self.max_fraction = float(config.max_fraction)
+        self.noise_probability = float(config.noise_probability)
 
     def randomize_parameters(self, batch_size: int, num_samples: int, generator: torch.Generator) -> Params:
         max_length = int(self.max_fraction * num_samples)
@@ -772,10 +753,10 @@ class TimeMask(BatchedAugmentation):
 class TimeShift(BatchedAugmentation):
     """Circular roll by a per-example integer uniform in [-max_fraction * N, max_fraction * N] (numpy.roll sign)."""
 
-    def __init__(self, p: float = 1.0, max_fraction: float = 0.5) -> None:
-        super().__init__(p)
-        TimeShiftConfig(p=p, max_fraction=max_fraction)  # validates
-        self.max_fraction = float(max_fraction)
+    def __init__(self, config: TimeShiftConfig | None = None) -> None:
+        config = config if config is not None else TimeShiftConfig()
+        super().__init__(config)
+        self.max_fraction = float(config.max_fraction)
 
     def randomize_parameters(self, batch_size: int, num_samples: int, generator: torch.Generator) -> Params:
         max_shift = int(self.max_fraction * num_samples)
@@ -807,11 +788,11 @@ class TimeStretch(BatchedAugmentation):
     frame are zero. ``num_samples`` in ``randomize_parameters`` is the number of frames (unused).
     """
 
-    def __init__(self, p: float = 1.0, min_rate: float = 0.5, max_rate: float = 1.5) -> None:
-        super().__init__(p)
-        TimeStretchConfig(p=p, min_rate=min_rate, max_rate=max_rate)  # validates
-        self.min_rate = float(min_rate)
-        self.max_rate = float(max_rate)
+    def __init__(self, config: TimeStretchConfig | None = None) -> None:
+        config = config if config is not None else TimeStretchConfig()
+        super().__init__(config)
+        self.min_rate = float(config.min_rate)
+        self.max_rate = float(config.max_rate)
 
     def randomize_parameters(self, batch_size: int, num_samples: int, generator: torch.Generator) -> Params:
         return {
@@ -852,22 +833,15 @@ _WAVEFORM_TYPES = (PitchShift, FadeIn, FadeOut, AddNoise, TimeMask, TimeShift)
 
 def build_ops(config: ClarConfig) -> dict[str, BatchedAugmentation]:
     """The seven ops of ``config``, keyed by CLAR name."""
-    c = config
+    pitch_shift = PitchShift if config.pitch_shift.domain == "waveform" else SpectralPitchShift
     return {
-        "pitch_shift": (
-            PitchShift(
-                c.pitch_shift.p, c.pitch_shift.min_semitones, c.pitch_shift.max_semitones, c.pitch_shift.n_fft,
-                c.pitch_shift.hop_length,
-            )
-            if c.pitch_shift.domain == "waveform"
-            else SpectralPitchShift(c.pitch_shift.p, c.pitch_shift.min_semitones, c.pitch_shift.max_semitones)
-        ),
-        "fade_in": FadeIn(c.fade_in.p, c.fade_in.shapes, c.fade_in.max_fraction),
-        "fade_out": FadeOut(c.fade_out.p, c.fade_out.shapes, c.fade_out.max_fraction),
-        "noise": AddNoise(c.noise.p, c.noise.colours, c.noise.min_snr_db, c.noise.max_snr_db),
-        "time_mask": TimeMask(c.time_mask.p, c.time_mask.max_fraction, c.time_mask.noise_probability),
-        "time_shift": TimeShift(c.time_shift.p, c.time_shift.max_fraction),
-        "time_stretch": TimeStretch(c.time_stretch.p, c.time_stretch.min_rate, c.time_stretch.max_rate),
+        "pitch_shift": pitch_shift(config.pitch_shift),
+        "fade_in": FadeIn(config.fade_in),
+        "fade_out": FadeOut(config.fade_out),
+        "noise": AddNoise(config.noise),
+        "time_mask": TimeMask(config.time_mask),
+        "time_shift": TimeShift(config.time_shift),
+        "time_stretch": TimeStretch(config.time_stretch),
     }
 
 

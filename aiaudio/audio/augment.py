@@ -655,8 +655,8 @@ class FadeOut(_Fade):
 class AddNoise(BatchedAugmentation):
     """Add white, pink or brown noise at an exact per-example SNR.
 
-    The noise is drawn in the frequency domain: a complex Gaussian spectrum shaped by ``f**(-alpha/2)`` (power
-    ``1/f**alpha``, alpha 0, 1, 2), no DC, then an inverse real FFT. It is scaled so that
+    The noise is drawn in the frequency domain: a complex Gaussian spectrum (from :func:`quantised_normal`) shaped by
+    ``f**(-alpha/2)`` (power ``1/f**alpha``, alpha 0, 1, 2), no DC, then an inverse real FFT. It is scaled so that
     ``10 log10(mean(x**2) / mean(noise**2))`` equals the drawn SNR; a silent clip gets no noise.
     """
 
@@ -709,7 +709,8 @@ class AddNoise(BatchedAugmentation):
 class TimeMask(BatchedAugmentation):
     """Replace a segment (length uniform in [0, max_fraction * N], uniform position) by noise or zeros.
 
-    The noise is white Gaussian at the clip's RMS; it is chosen with probability ``noise_probability``.
+    The noise is white Gaussian (from :func:`quantised_normal`) at the clip's RMS; it is chosen with probability
+    ``noise_probability``.
     """
 
     def __init__(self, config: TimeMaskConfig | None = None) -> None:

@@ -1,0 +1,94 @@
+"""The benchmark scripts run end to end at tiny sizes and print the JSON that RESULTS.md reads (no timing is checked)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_benchmark(script: str, *args: str) -> dict:
+    """Run ``benchmarks/<script>`` in its own process (each sets torch's threads and allocator) and parse its JSON."""
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), *args],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("processes", ["0", "2"])
+def test_augment_throughput_reports_both_sides(processes: str) -> None:
+    report = run_benchmark(
+        "augment_throughput.py", "--device", "cpu", "--seconds", "0.2", "--rounds", "1", "--clips", "4",
+        "--clip-seconds", "0.5", "--batch-size", "4", "--workers", "1", "--pitch-domain", "spectrogram",
+        "--batched-processes", processes,
+    )
+    batched, reference = report["batched"], report["reference"]
+    assert batched["views"] > 0 and reference["views"] > 0
+    # Every batched view comes in whole batches of 4 (from each process when there are two).
+    assert batched["views"] % 4 == 0
+    assert report["speedup"] == pytest.approx(batched["views_per_s"] / reference["views_per_s"], rel=0.01)
+    expected_layout = "2 single-threaded processes" if processes == "2" else "1 process"
+    assert report["setup"]["batched_layout"].startswith(expected_layout)
+    assert set(batched["ms_per_batch_by_op"]) == {
+        "frontend_only", "pitch_shift", "fade_in", "fade_out", "noise", "time_mask", "time_shift", "time_stretch",
+        "all_ops",
+    }
+
+
+def test_augment_throughput_refuses_processes_on_a_gpu_device() -> None:
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "augment_throughput.py"), "--device", "cuda",
+         "--batched-processes", "2"],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )
+    assert done.returncode != 0 and "--batched-processes" in done.stderr
+
+
+@pytest.mark.slow
+def test_augment_cpu_time_times_every_stage_of_the_given_checkout() -> None:
+    report = run_benchmark(
+        "augment_cpu_time.py", "--batch-size", "2", "--clip-seconds", "0.5", "--repeats", "1", "--source", str(REPO)
+    )
+    assert Path(report["source"]) == REPO
+    stages = report["cpu_ms_per_batch"]
+    assert {"power_spectrogram", "noise", "whole_chain_spectrogram_domain", "whole_chain_waveform_domain"} <= set(stages)
+    assert all(value >= 0 for value in stages.values())
+
+
+@pytest.mark.slow
+def test_pretrain_step_compares_the_two_encoders() -> None:
+    report = run_benchmark(
+        "pretrain_step.py", "--device", "cpu", "--batch-size", "2", "--seconds", "0.5", "--width", "0.125",
+        "--steps", "1", "--warmup", "0",
+    )
+    encoders = {result["encoder"]: result for result in report["results"]}
+    assert set(encoders) == {"resnet18", "hyper_resnet18"}
+    assert encoders["hyper_resnet18"]["parameters_m"] > encoders["resnet18"]["parameters_m"]
+    ratio = encoders["hyper_resnet18"]["method_ms"] / encoders["resnet18"]["method_ms"]
+    assert report["ai_over_plain_method"] == pytest.approx(ratio, rel=0.01)
+
+
+@pytest.mark.slow
+def test_fewshot_throughput_runs_batched_and_one_at_a_time() -> None:
+    report = run_benchmark(
+        "fewshot_throughput.py", "--device", "cpu", "--width", "0.125", "--episodes", "2", "--serial-episodes", "1",
+        "--episodes-per-batch", "2", "--steps", "1", "--early-steps", "2", "--classes", "5", "--clips-per-class", "2",
+        "--mels", "32", "--frames", "16", "--no-overhead",
+    )
+    runs = {run["run"]: run for run in report["runs"]}
+    assert set(runs) == {"batched", "one_at_a_time", "batched_early_stopping"}
+    assert runs["batched"]["episodes"] == 2 and runs["one_at_a_time"]["episodes"] == 1
+    assert runs["batched"]["mean_steps"] == 1.0 and 1.0 <= runs["batched_early_stopping"]["mean_steps"] <= 2.0
+    for run in runs.values():
+        assert run["projected_s_for_10000"] == pytest.approx(10000 / run["episodes_per_s"], rel=0.01)
+        assert 0.0 <= run["mean_accuracy"] <= 1.0
+    ratio = runs["batched"]["episodes_per_s"] / runs["one_at_a_time"]["episodes_per_s"]
+    assert report["batched_over_one_at_a_time"] == pytest.approx(ratio, abs=0.01)

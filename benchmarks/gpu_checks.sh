@@ -18,12 +18,6 @@ out="${1:-runs/gpu_checks}"
 device="${DEVICE:-cuda}"
 python="${PYTHON:-python3}"
 mkdir -p "$out"
-if compgen -G ".whl/*.whl" > /dev/null; then
-    site="${TMPDIR:-/tmp}/aiaudio-gpu-site"
-    "$python" -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
-        .whl/*.whl || exit 1
-    export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
-fi
 export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 "$python" - "$device" <<'PY' || exit 1
 import sys, torch
@@ -31,6 +25,12 @@ if sys.argv[1] == "cuda" and not torch.cuda.is_available():
     sys.exit("gpu_checks: DEVICE=cuda but torch sees no CUDA device (set DEVICE=cpu to check the script on a CPU)")
 print("torch", torch.__version__, "on", torch.cuda.get_device_name() if sys.argv[1] == "cuda" else "cpu")
 PY
+if compgen -G ".whl/*.whl" > /dev/null; then
+    site="${TMPDIR:-/tmp}/aiaudio-gpu-site"
+    "$python" -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
+        .whl/*.whl || { echo "gpu_checks: could not install .whl/ (scripts/gpu_wheels.sh makes CPython 3.12 wheels)" >&2; exit 1; }
+    export PYTHONPATH="$site:$PYTHONPATH"
+fi
 
 status=0
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, stdout to OUT_DIR/NAME, stderr to OUT_DIR/NAME.err

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,3 +95,17 @@ def test_fewshot_throughput_runs_batched_and_one_at_a_time() -> None:
         assert 0.0 <= run["mean_accuracy"] <= 1.0
     ratio = runs["batched"]["episodes_per_s"] / runs["one_at_a_time"]["episodes_per_s"]
     assert report["batched_over_one_at_a_time"] == pytest.approx(ratio, abs=0.01)
+
+
+def test_gpu_checks_fit_one_device_call_and_refuse_a_missing_gpu(tmp_path: Path) -> None:
+    script = (REPO / "benchmarks" / "gpu_checks.sh").read_text()
+    limits = [int(match) for match in re.findall(r"^\s*step \S+ (\d+) ", script, flags=re.MULTILINE)]
+    assert len(limits) == 6 and sum(limits) <= 590  # the budget the script and the README state
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: the refusal is not reachable")
+    done = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_checks.sh"), str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+        env={**os.environ, "DEVICE": "cuda", "PYTHON": sys.executable},
+    )
+    assert done.returncode == 1 and "no CUDA device" in done.stderr

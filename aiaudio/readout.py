@@ -127,8 +127,8 @@ class ReadoutConfig:
         checkpoint: a pretraining run directory (its latest checkpoint) or a checkpoint directory.
         out_dir: where results (and, by default, the log-mel store) go.
         data: the labelled audio.
-        learner: how each readout is trained (lr and weight_decay come from the sweep).
-        sweep: the lr x weight-decay grid, chosen by validation score.
+        learner: how each readout is trained (lr, weight_decay and, when swept, invariance_lr come from the sweep).
+        sweep: the lr x weight-decay (x invariance-lr, learned readout) grid, chosen by validation score.
         learn_invariance: run the ``learned`` readout (amortised encoders).
         fixed: descriptors of ``fixed`` readouts (amortised encoders): ``"all"``, ``"0,1,0,0,1,0,0"`` (K numbers)
             or ``"pitch_shift=0.5,fade_in=1,..."`` (every factor named).
@@ -385,14 +385,15 @@ def results_markdown(report: dict[str, Any]) -> str:
         f"- data: {data['format']} `{data['source']}`: {data['used_clips']} of {data['clips']} clips used "
         f"({data['train_clips']} train incl. validation, {data['test_clips']} test), {data['segments']} segments",
         "",
-        f"| readout | test {metric} | val {metric} | lr | weight decay | best epoch | descriptor |",
-        "|---|---|---|---|---|---|---|",
+        f"| readout | test {metric} | val {metric} | lr | weight decay | invariance lr | best epoch | descriptor |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, result in report["readouts"].items():
         descriptor = result["descriptor"]
         text = "-" if descriptor is None else ", ".join(f"{k}={v:.2f}" for k, v in descriptor.items())
+        invariance_lr = "-" if result.get("invariance_lr") is None else f"{result['invariance_lr']:g}"
         lines.append(
             f"| {name} | {result['test_score']:.4f} | {result['val_score']:.4f} | {result['lr']:g} | "
-            f"{result['weight_decay']:g} | {result['best_epoch']} | {text} |"
+            f"{result['weight_decay']:g} | {invariance_lr} | {result['best_epoch']} | {text} |"
         )
     return "\n".join(lines) + "\n"

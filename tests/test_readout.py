@@ -170,6 +170,26 @@ def test_sweep_picks_the_learning_rate_that_works():
     assert result.best.val.score == pytest.approx(reference, abs=1e-9)
 
 
+def test_sweep_over_invariance_lrs_only_for_a_learned_descriptor():
+    data, readout_data = _nuisance_task("regression", "signal")
+    train, val = validation_split(readout_data, torch.arange(240), 0.25, seed=0)
+    config = ReadoutLearnerConfig(epochs=40, batch_size=32, patience=40)
+    sweep = SweepConfig(lrs=[0.05], weight_decays=[0.0], invariance_lrs=[0.0, 0.05])
+    amortised = AmortisedFeatures(NuisanceEncoder(), lambda rows: data[rows])
+    result = sweep_readout(amortised, readout_data, train, val, config, sweep, start=torch.full((2,), 0.5))
+    scores = {trial["invariance_lr"]: trial["val_score"] for trial in result.trials}
+    # i stays at 0.5 with invariance_lr 0, so half the nuisance remains in the features; learning i removes it.
+    assert set(scores) == {0.0, 0.05} and scores[0.05] > scores[0.0] + 0.1, scores
+    assert result.best.invariance_lr == 0.05 and result.best.descriptor[0] > 0.9
+    # Features without a descriptor sweep lrs x weight_decays alone and report no invariance lr.
+    frozen = sweep_readout(FrozenFeatures(data[:, :2]), readout_data, train, val, config, sweep)
+    assert len(frozen.trials) == 1 and "invariance_lr" not in frozen.trials[0]
+    assert frozen.best.invariance_lr is None
+    for bad in ([], [-0.1]):
+        with pytest.raises(ValueError, match="invariance_lrs"):
+            SweepConfig(invariance_lrs=bad)
+
+
 @pytest.mark.parametrize("normalize", ["l2", "batchnorm"])
 def test_early_stopping_restores_the_best_epoch(normalize):
     generator = torch.Generator().manual_seed(0)

@@ -31,6 +31,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import math
 from dataclasses import dataclass, field, replace
@@ -103,10 +104,18 @@ class ReadoutLearnerConfig:
 
 @dataclass
 class SweepConfig:
-    """The grid of head learning rates and weight decays tried; the best validation score wins."""
+    """The grid tried; the best validation score wins.
+
+    Attributes:
+        lrs: head learning rates.
+        weight_decays: head weight decays.
+        invariance_lrs: descriptor learning rates, tried too by a readout that learns its descriptor; None: only the
+            learner's ``invariance_lr``. (A fixed-descriptor readout sweeps ``lrs`` x ``weight_decays`` alone.)
+    """
 
     lrs: list[float] = field(default_factory=lambda: [1e-3, 1e-2, 1e-1])
     weight_decays: list[float] = field(default_factory=lambda: [0.0, 1e-4, 1e-3])
+    invariance_lrs: list[float] | None = None
 
     def __post_init__(self) -> None:
         if not self.lrs or not self.weight_decays:
@@ -115,6 +124,9 @@ class SweepConfig:
             raise ValueError(
                 f"sweep: lrs must be positive and weight_decays >= 0, got {self.lrs} and {self.weight_decays}"
             )
+        if self.invariance_lrs is not None and (not self.invariance_lrs or any(v < 0 for v in self.invariance_lrs)):
+            raise ValueError(f"sweep: invariance_lrs must be null or a non-empty list of values >= 0, "
+                             f"got {self.invariance_lrs}")
 
 
 @dataclass
@@ -245,6 +257,7 @@ class FitResult:
         history: per epoch: ``epoch``, ``train_loss``, ``val_loss``, ``val_score`` (and ``descriptor`` when learned).
         lr: the head learning rate used.
         weight_decay: the weight decay used.
+        invariance_lr: the descriptor learning rate used; None when the descriptor is not learned.
     """
 
     readout: LinearReadout
@@ -254,6 +267,7 @@ class FitResult:
     history: list[dict[str, Any]]
     lr: float
     weight_decay: float
+    invariance_lr: float | None = None
 
     @property
     def descriptor(self) -> torch.Tensor | None:
@@ -262,7 +276,8 @@ class FitResult:
 
 @dataclass
 class SweepResult:
-    """The chosen fit and every trial's ``lr``, ``weight_decay``, ``val_score``, ``val_loss`` and ``best_epoch``."""
+    """The chosen fit and every trial's ``lr``, ``weight_decay`` (``invariance_lr`` when the descriptor is learned),
+    ``val_score``, ``val_loss``, ``best_epoch`` and ``epochs``."""
 
     best: FitResult
     trials: list[dict[str, Any]]
@@ -525,7 +540,9 @@ def fit_readout(
             record["descriptor"] = [round(v, 6) for v in snapshot.descriptor.cpu().tolist()]
         history.append(record)
         if _better(val, None if best is None else best.val, config.monitor, config.min_delta):
-            best, quiet = FitResult(snapshot, epoch, 0, val, [], config.lr, config.weight_decay), 0
+            invariance_lr = config.invariance_lr if learns else None
+            best = FitResult(snapshot, epoch, 0, val, [], config.lr, config.weight_decay, invariance_lr)
+            quiet = 0
         else:
             quiet += 1
             if quiet >= config.patience:
@@ -546,23 +563,25 @@ def sweep_readout(
     start: torch.Tensor | None = None,
     device: torch.device | str = "cpu",
 ) -> SweepResult:
-    """Fit one readout per ``(lr, weight_decay)`` of the grid; keep the best validation score (ties: lower
-    validation loss, then the earlier grid point). Only training and validation clips are seen."""
+    """Fit one readout per ``(lr, weight_decay[, invariance_lr])`` of the grid; keep the best validation score (ties:
+    lower validation loss, then the earlier grid point). Only training and validation clips are seen."""
+    learns = bool(encoder.learns_invariance)
+    invariance_lrs = sweep.invariance_lrs if learns and sweep.invariance_lrs is not None else [config.invariance_lr]
     best: FitResult | None = None
     trials: list[dict[str, Any]] = []
-    for lr in sweep.lrs:
-        for weight_decay in sweep.weight_decays:
-            fit = fit_readout(
-                encoder, data, train_clips, val_clips, replace(config, lr=lr, weight_decay=weight_decay), start, device
-            )
-            trials.append({
-                "lr": lr, "weight_decay": weight_decay, "val_score": fit.val.score, "val_loss": fit.val.loss,
-                "best_epoch": fit.best_epoch, "epochs": fit.epochs,
-            })
-            log.info("readout lr %g weight decay %g: validation score %.4f (loss %.4f) at epoch %d",
-                     lr, weight_decay, fit.val.score, fit.val.loss, fit.best_epoch)
-            if best is None or _sweep_key(fit) > _sweep_key(best):
-                best = fit
+    for lr, weight_decay, invariance_lr in itertools.product(sweep.lrs, sweep.weight_decays, invariance_lrs):
+        trial_config = replace(config, lr=lr, weight_decay=weight_decay, invariance_lr=invariance_lr)
+        fit = fit_readout(encoder, data, train_clips, val_clips, trial_config, start, device)
+        trial: dict[str, Any] = {"lr": lr, "weight_decay": weight_decay}
+        if learns:
+            trial["invariance_lr"] = invariance_lr
+        trials.append({**trial, "val_score": fit.val.score, "val_loss": fit.val.loss,
+                       "best_epoch": fit.best_epoch, "epochs": fit.epochs})
+        log.info("readout %s: validation score %.4f (loss %.4f) at epoch %d",
+                 ", ".join(f"{key} {value:g}" for key, value in trial.items()), fit.val.score, fit.val.loss,
+                 fit.best_epoch)
+        if best is None or _sweep_key(fit) > _sweep_key(best):
+            best = fit
     assert best is not None
     return SweepResult(best, trials)
 
@@ -591,7 +610,7 @@ def linear_readout(
         data: rows, clips and targets.
         train_clips: training clips (validation is carved from them).
         test_clips: test clips, used once at the end.
-        config: training settings (its lr and weight_decay are replaced by the sweep's).
+        config: training settings (its lr, weight_decay and, when swept, invariance_lr are replaced by the sweep's).
         sweep: the lr x weight-decay grid.
         start: ``[K]`` start (or fixed) descriptor; None for a plain encoder.
         val_fraction: share of the training clips held out for validation.
@@ -618,6 +637,7 @@ def result_summary(result: ReadoutResult) -> dict[str, Any]:
         "val_loss": fit.val.loss,
         "lr": fit.lr,
         "weight_decay": fit.weight_decay,
+        "invariance_lr": fit.invariance_lr,
         "best_epoch": fit.best_epoch,
         "epochs": fit.epochs,
         "descriptor": None if fit.descriptor is None else fit.descriptor.cpu().tolist(),

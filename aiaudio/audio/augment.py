@@ -220,7 +220,7 @@ def _choice(count: int, batch_size: int, generator: torch.Generator) -> torch.Te
     return torch.randint(count, (batch_size,), generator=generator, device=generator.device)
 
 
-#: Levels of the radius and of the angle in :func:`standard_normal`'s polar table (16 random bits per pair of draws).
+#: Levels of the radius and of the angle in :func:`quantised_normal`'s polar table (16 random bits per pair of draws).
 _POLAR_LEVELS = 256
 
 
@@ -292,14 +292,16 @@ class BatchedAugmentation(nn.Module):
     """Base of the batched ops: per-example application with probability ``config.p``.
 
     Each op is built from its config dataclass (validated there, and the one place of its defaults), kept as
-    ``self.config``. Subclasses implement ``randomize_parameters`` (which must include the boolean ``"apply"`` of
-    shape ``[B]``) and ``apply_transform``.
+    ``self.config``; without one, the defaults of the subclass's ``config_class``. Subclasses implement
+    ``randomize_parameters`` (which must include the boolean ``"apply"`` of shape ``[B]``) and ``apply_transform``.
     """
 
-    def __init__(self, config: OpConfig) -> None:
+    config_class: type[OpConfig]
+
+    def __init__(self, config: OpConfig | None = None) -> None:
         super().__init__()
-        self.config = config
-        self.p = float(config.p)
+        self.config = config if config is not None else self.config_class()
+        self.p = float(self.config.p)
 
     def _draw_apply(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
         return torch.rand(batch_size, generator=generator, device=generator.device) < self.p
@@ -324,11 +326,12 @@ class BatchedAugmentation(nn.Module):
 class _SemitoneShift(BatchedAugmentation):
     """Shared by the two pitch shifts: per-example semitones uniform in [min_semitones, max_semitones]."""
 
+    config_class = PitchShiftConfig
+
     def __init__(self, config: PitchShiftConfig | None = None) -> None:
-        config = config if config is not None else PitchShiftConfig()
         super().__init__(config)
-        self.min_semitones = float(config.min_semitones)
-        self.max_semitones = float(config.max_semitones)
+        self.min_semitones = float(self.config.min_semitones)
+        self.max_semitones = float(self.config.max_semitones)
 
     def randomize_parameters(self, batch_size: int, num_samples: int, generator: torch.Generator) -> Params:
         return {
@@ -574,11 +577,12 @@ def fade_curve(ramp: torch.Tensor, shape: str, fade_in: bool) -> torch.Tensor:
 class _Fade(BatchedAugmentation):
     fade_in: bool = True
 
+    config_class = FadeConfig
+
     def __init__(self, config: FadeConfig | None = None) -> None:
-        config = config if config is not None else FadeConfig()
         super().__init__(config)
-        self.shapes = tuple(config.shapes)
-        self.max_fraction = float(config.max_fraction)
+        self.shapes = tuple(self.config.shapes)
+        self.max_fraction = float(self.config.max_fraction)
 
     def randomize_parameters(self, batch_size: int, num_samples: int, generator: torch.Generator) -> Params:
         return {
@@ -660,12 +664,13 @@ class AddNoise(BatchedAugmentation):
     ``10 log10(mean(x**2) / mean(noise**2))`` equals the drawn SNR; a silent clip gets no noise.
     """
 
+    config_class = NoiseConfig
+
     def __init__(self, config: NoiseConfig | None = None) -> None:
-        config = config if config is not None else NoiseConfig()
         super().__init__(config)
-        self.colours = tuple(config.colours)
-        self.min_snr_db = float(config.min_snr_db)
-        self.max_snr_db = float(config.max_snr_db)
+        self.colours = tuple(self.config.colours)
+        self.min_snr_db = float(self.config.min_snr_db)
+        self.max_snr_db = float(self.config.max_snr_db)
         self.register_buffer(
             "exponents", torch.tensor([NOISE_EXPONENTS[c] for c in self.colours], dtype=torch.float32), persistent=False
         )
@@ -677,7 +682,9 @@ class AddNoise(BatchedAugmentation):
             "colour": _choice(len(self.colours), batch_size, generator),
             "snr_db": _uniform(self.min_snr_db, self.max_snr_db, batch_size, generator),
             # Complex normal with E|z|^2 = 1, as torch.randn(..., dtype=torch.complex64) draws it.
-            "spectrum": torch.view_as_complex(quantised_normal((batch_size, num_bins, 2), generator, std=math.sqrt(0.5))),
+            "spectrum": torch.view_as_complex(
+                quantised_normal((batch_size, num_bins, 2), generator, std=math.sqrt(0.5))
+            ),
         }
 
     def noise(self, params: Params, num_samples: int, device: torch.device) -> torch.Tensor:
@@ -713,11 +720,12 @@ class TimeMask(BatchedAugmentation):
     ``noise_probability``.
     """
 
+    config_class = TimeMaskConfig
+
     def __init__(self, config: TimeMaskConfig | None = None) -> None:
-        config = config if config is not None else TimeMaskConfig()
         super().__init__(config)
-        self.max_fraction = float(config.max_fraction)
-        self.noise_probability = float(config.noise_probability)
+        self.max_fraction = float(self.config.max_fraction)
+        self.noise_probability = float(self.config.noise_probability)
 
     def randomize_parameters(self, batch_size: int, num_samples: int, generator: torch.Generator) -> Params:
         max_length = int(self.max_fraction * num_samples)
@@ -754,10 +762,11 @@ class TimeMask(BatchedAugmentation):
 class TimeShift(BatchedAugmentation):
     """Circular roll by a per-example integer uniform in [-max_fraction * N, max_fraction * N] (numpy.roll sign)."""
 
+    config_class = TimeShiftConfig
+
     def __init__(self, config: TimeShiftConfig | None = None) -> None:
-        config = config if config is not None else TimeShiftConfig()
         super().__init__(config)
-        self.max_fraction = float(config.max_fraction)
+        self.max_fraction = float(self.config.max_fraction)
 
     def randomize_parameters(self, batch_size: int, num_samples: int, generator: torch.Generator) -> Params:
         max_shift = int(self.max_fraction * num_samples)
@@ -789,11 +798,12 @@ class TimeStretch(BatchedAugmentation):
     frame are zero. ``num_samples`` in ``randomize_parameters`` is the number of frames (unused).
     """
 
+    config_class = TimeStretchConfig
+
     def __init__(self, config: TimeStretchConfig | None = None) -> None:
-        config = config if config is not None else TimeStretchConfig()
         super().__init__(config)
-        self.min_rate = float(config.min_rate)
-        self.max_rate = float(config.max_rate)
+        self.min_rate = float(self.config.min_rate)
+        self.max_rate = float(self.config.max_rate)
 
     def randomize_parameters(self, batch_size: int, num_samples: int, generator: torch.Generator) -> Params:
         return {

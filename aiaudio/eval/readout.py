@@ -514,6 +514,7 @@ def fit_readout(
         descriptor.requires_grad_(True)
         groups.append({"params": [descriptor], "lr": config.invariance_lr, "weight_decay": 0.0})
     optimizer = torch.optim.Adam(groups, lr=config.lr)
+    invariance_lr = config.invariance_lr if learns else None  # what the fit reports
     generator = generator_for(config.seed, _SHUFFLE_STREAM)
 
     best: FitResult | None = None
@@ -540,7 +541,6 @@ def fit_readout(
             record["descriptor"] = [round(v, 6) for v in snapshot.descriptor.cpu().tolist()]
         history.append(record)
         if _better(val, None if best is None else best.val, config.monitor, config.min_delta):
-            invariance_lr = config.invariance_lr if learns else None
             best = FitResult(snapshot, epoch, 0, val, [], config.lr, config.weight_decay, invariance_lr)
             quiet = 0
         else:

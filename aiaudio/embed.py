@@ -8,7 +8,6 @@ features averaged. The output ``.npz`` holds ``keys`` (paths relative to the fol
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,8 @@ import torch
 
 from aiaudio.audio.cache import WaveformCache, int16_to_float
 from aiaudio.encoder import load_encoder
-from aiaudio.fewshot import resolve_device
+from aiaudio.engine.files import atomic_output
+from aiaudio.engine.runtime import resolve_device
 from aiaudio.pretrain import DataConfig, cache_data
 
 
@@ -60,11 +60,9 @@ def run_embed(
     if owners:
         flush()
     out_path = Path(out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.stem}.tmp-{os.getpid()}.npz")
-    np.savez(
-        tmp, keys=np.array(cache.keys), features=features.numpy(), invariance=descriptor.numpy(),
-        factors=np.array(model.space.names),
-    )
-    os.replace(tmp, out_path)
+    with atomic_output(out_path) as tmp:
+        np.savez(
+            tmp, keys=np.array(cache.keys), features=features.numpy(), invariance=descriptor.numpy(),
+            factors=np.array(model.space.names),
+        )
     return out_path

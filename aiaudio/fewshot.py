@@ -30,7 +30,8 @@ from aiaudio.audio.metaaudio import METAAUDIO_SETS, LogMelSet, SegmentPolicy, bu
 from aiaudio.audio.synthetic import synthetic_entries
 from aiaudio.config import ConfigError, from_dict, to_dict
 from aiaudio.encoder import PretrainedEncoder, load_encoder
-from aiaudio.engine.checkpoint import atomic_write_text
+from aiaudio.engine.runtime import resolve_device
+from aiaudio.engine.files import atomic_output, atomic_write_text
 from aiaudio.eval.episodes import EpisodeSampler, SegmentPool
 from aiaudio.eval.learner import (
     AmortisedFeatures,
@@ -123,12 +124,6 @@ def parse_fewshot_config(raw: dict[str, Any]) -> FewshotConfig:
     return from_dict(FewshotConfig, raw)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 @dataclass
 class EvaluationData:
     """Log-mels of the evaluation clips and which classes and clips validation and test episodes draw from."""
@@ -202,10 +197,8 @@ class _Evaluator:
             return torch.from_numpy(np.load(path)).to(self.device)
         start = descriptor.to(self.device) if descriptor is not None else None
         table = feature_table(model, self.inputs, len(self.data.logmels), start)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npy")
-        np.save(tmp, table.cpu().numpy())
-        os.replace(tmp, path)
+        with atomic_output(path) as tmp:
+            np.save(tmp, table.cpu().numpy())
         return table
 
     def evaluate(self, encoder: EpisodeEncoder, start: torch.Tensor) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from aiaudio.config import ConfigError, from_dict
 from aiaudio.encoder import load_encoder
 from aiaudio.eval.measure import interpolation_curve, measure_invariance
 from aiaudio.eval.plots import interpolation_plot, learned_invariance_bars, radar_chart
-from aiaudio.fewshot import resolve_device
+from aiaudio.engine.runtime import resolve_device
 from aiaudio.pretrain import DataConfig, cache_data, open_cache
 
 _CROP_SEED = 12345  # the measured crops are fixed: the same clips and windows for every checkpoint

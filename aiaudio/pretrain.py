@@ -22,7 +22,8 @@ from aiaudio.audio.cache import CacheReport, CropDataset, WaveformCache, build_c
 from aiaudio.audio.datasets import folder_entries, fsd50k_entries
 from aiaudio.audio.frontend import LogMel, LogMelConfig, compute_stats
 from aiaudio.config import ConfigError, from_dict, to_dict
-from aiaudio.engine.checkpoint import atomic_write_text, latest_checkpoint
+from aiaudio.engine.checkpoint import latest_checkpoint
+from aiaudio.engine.files import atomic_write_text
 from aiaudio.engine.distributed import DistInfo, cleanup, init_distributed
 from aiaudio.engine.trainer import Trainer, TrainerConfig
 from aiaudio.invariance import CLAR_NAMES, InvarianceSpace

@@ -35,7 +35,8 @@ from aiaudio.audio.datasets import DatasetError, csv_entries, folder_entries
 from aiaudio.audio.metaaudio import SegmentPolicy, build_logmel_set
 from aiaudio.config import ConfigError, from_dict, to_dict
 from aiaudio.encoder import PretrainedEncoder, load_encoder
-from aiaudio.engine.checkpoint import atomic_write_text
+from aiaudio.engine.files import atomic_write_text
+from aiaudio.engine.runtime import resolve_device
 from aiaudio.eval.learner import AmortisedFeatures, EpisodeEncoder, FrozenFeatures, feature_table
 from aiaudio.eval.readout import (
     ReadoutData,
@@ -259,15 +260,6 @@ def select_test_clips(clips: LabelledClips, data: ReadoutDataConfig) -> np.ndarr
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name!r} was asked for, but CUDA is not available on this machine")
-    return device
-
-
 def _readouts(
     config: ReadoutConfig, encoder: PretrainedEncoder, inputs, num_segments: int, device: torch.device
 ) -> list[tuple[str, EpisodeEncoder, torch.Tensor | None]]:
@@ -296,7 +288,7 @@ def _readouts(
 def run_readout(config: ReadoutConfig) -> dict[str, Any]:
     """Run every configured readout; write ``results.json`` and ``results.md`` to ``out_dir``; return a summary."""
     data = config.data
-    device = _device(config.device)
+    device = resolve_device(config.device)
     out_dir = Path(config.out_dir)
     clips = read_labelled_clips(data)
     is_test = select_test_clips(clips, data)

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from aiaudio.audio.augment import PITCH_DOMAINS, ClarAugment, ClarConfig, PitchShiftConfig  # noqa: E402
 from aiaudio.audio.frontend import LogMel  # noqa: E402
 from aiaudio.audio.reference import REFERENCE_METHODS, ReferenceClarChain  # noqa: E402
-from aiaudio.engine.runtime import tune_cpu_allocator  # noqa: E402
+from aiaudio.engine.runtime import resolve_device, tune_cpu_allocator  # noqa: E402
 from aiaudio.invariance import CLAR_NAMES  # noqa: E402
 from machine import machine_info  # noqa: E402
 
@@ -216,10 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
 
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
+    device = resolve_device(args.device)
     batch_size = args.batch_size or (256 if device.type == "cuda" else 64)
     malloc_tuned = False if args.no_malloc_tuning else tune_cpu_allocator()
     clips = make_clips(args.clips, args.clip_seconds)

@@ -35,6 +35,7 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
+from aiaudio.engine.runtime import resolve_device
 from aiaudio.eval.episodes import Episodes, EpisodeSampler, SegmentPool
 from aiaudio.eval.learner import AmortisedFeatures, LearnerConfig, fit_episodes, run_episodes
 from aiaudio.invariance import clar_space
@@ -157,8 +158,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None, help="repeats of the step-overhead timings")
     parser.add_argument("--no-overhead", action="store_true", help="skip the step-overhead comparison")
     args = parser.parse_args()
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = resolve_device(args.device)
     cuda = device.type == "cuda"
     width = args.width or (1.0 if cuda else 0.125)
     num_episodes = args.episodes or (1024 if cuda else 16)

@@ -19,6 +19,7 @@ import time
 import torch
 
 from aiaudio.config import from_dict
+from aiaudio.engine.runtime import resolve_device
 from aiaudio.pretrain import PretrainConfig, build_pretrainer
 from machine import machine_info
 
@@ -102,8 +103,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--compile", action="store_true")
     args = parser.parse_args()
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = resolve_device(args.device)
     cuda = device.type == "cuda"
     args.batch_size = args.batch_size or (256 if cuda else 16)
     args.seconds = args.seconds or (5.0 if cuda else 2.0)

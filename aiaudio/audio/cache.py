@@ -36,6 +36,7 @@ import torch
 from tqdm import tqdm
 
 from aiaudio.audio.io import INT16_SCALE, try_read_int16
+from aiaudio.engine.files import publish_directory
 
 FORMAT_VERSION = 1
 WAVES_FILE = "waves.int16"
@@ -169,7 +170,7 @@ def build_cache(
         num_clips, total_samples, failures = _write_cache_files(
             entries, partial_dir, sample_rate, workers, progress, source, fingerprint
         )
-        _publish(partial_dir, out_dir)
+        publish_directory(partial_dir, out_dir)
     finally:
         if partial_dir.exists():
             shutil.rmtree(partial_dir, ignore_errors=True)
@@ -332,17 +333,6 @@ def _read_failures(path: Path) -> list[tuple[str, str]]:
         return []
     rows = path.read_text(encoding="utf-8").splitlines()[1:]
     return [tuple(row.split("\t", 1)) for row in rows if row]  # type: ignore[misc]
-
-
-def _publish(partial_dir: Path, out_dir: Path) -> None:
-    """Move the finished build into place; an existing cache is swapped out first, then deleted."""
-    if out_dir.exists():
-        retired = out_dir.parent / f".{out_dir.name}.retired-{uuid.uuid4().hex[:8]}"
-        os.replace(out_dir, retired)
-        os.replace(partial_dir, out_dir)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.replace(partial_dir, out_dir)
 
 
 def read_versioned_json(path: Path, version: int, error: type[Exception], remedy: str) -> dict[str, Any]:

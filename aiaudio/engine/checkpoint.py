@@ -29,19 +29,9 @@ import yaml
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from aiaudio.engine.files import atomic_write_text, fsync_file, publish_directory
+
 CHECKPOINT_FORMAT = 1
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -95,11 +85,8 @@ def save_checkpoint(
     (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     torch.save({"format": CHECKPOINT_FORMAT, "step": step, **training_state}, tmp / "state.pt")
     for file in tmp.iterdir():
-        with open(file, "rb") as handle:
-            os.fsync(handle.fileno())
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+        fsync_file(file)
+    publish_directory(tmp, final)
     atomic_write_text(root / "latest", name + "\n")
     _prune(root, keep)
     return final

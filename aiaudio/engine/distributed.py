@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from aiaudio.engine.runtime import resolve_device
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -36,15 +38,11 @@ def init_distributed(device: str = "auto") -> DistInfo:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"device={device!r} was asked for, but CUDA is not available on this machine")
-        torch_device = torch.device("cuda", local_rank) if world_size > 1 or device == "cuda" else torch.device(device)
+    torch_device = resolve_device(device)
+    if torch_device.type == "cuda":
+        if world_size > 1 or torch_device.index is None:
+            torch_device = torch.device("cuda", local_rank)
         torch.cuda.set_device(torch_device)
-    else:
-        torch_device = torch.device(device)
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if torch_device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size)

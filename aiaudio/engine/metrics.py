@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from aiaudio.engine.checkpoint import atomic_write_text
+from aiaudio.engine.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 

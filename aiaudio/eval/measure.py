@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from aiaudio.engine.checkpoint import atomic_write_text
+from aiaudio.engine.files import atomic_write_text
 
 #: ``encode(x [B, ...], i [K]) -> features [B, F]``: one descriptor for the whole batch.
 Encoder = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

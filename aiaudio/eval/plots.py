@@ -8,13 +8,14 @@ pyplot state is used, so the functions are safe in scripts, tests and worker pro
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from aiaudio.engine.files import atomic_output
 
 ArrayLike = Sequence[float] | np.ndarray
 
@@ -49,15 +50,9 @@ def _png_path(path: Path | str) -> Path:
 
 def _save(fig: Figure, path: Path) -> Path:
     """Render ``fig`` to ``path`` as PNG via a temporary file in the same directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_output(path) as tmp:
         FigureCanvasAgg(fig)
         fig.savefig(tmp, format="png", dpi=_DPI)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

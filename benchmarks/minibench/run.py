@@ -32,7 +32,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from aiaudio.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict  # noqa: E402
-from aiaudio.engine.checkpoint import atomic_write_text  # noqa: E402
+from aiaudio.engine.files import atomic_write_text  # noqa: E402
 from aiaudio.engine.metrics import read_metrics  # noqa: E402
 from aiaudio.fewshot import parse_fewshot_config, run_fewshot  # noqa: E402
 from aiaudio.measure import parse_measure_config, run_measure  # noqa: E402

@@ -77,8 +77,15 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str = "") -> 
     data = dict(data or {})
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
+    prefix = f"{where}." if where else ""
+    renamed = getattr(cls, "RENAMED", {})
+    old = [key for key in unknown if key in renamed]
+    if old:
+        raise ConfigError(
+            "renamed config key(s): " + ", ".join(f"{prefix}{key} is now {prefix}{renamed[key]}" for key in old)
+            + " (a list of values)"
+        )
     if unknown:
-        prefix = f"{where}." if where else ""
         raise ConfigError(f"unknown config key(s) {[prefix + k for k in unknown]}; known keys: {sorted(fields)}")
     hints = typing.get_type_hints(cls)
     kwargs = {}
@@ -162,3 +169,13 @@ def _convert(hint: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key} must be a string, got {value!r}")
         return str(value)
     return value
+
+
+def require_directory(value: str | None, key: str = "data.root", what: str = "the data set") -> Path:
+    """The folder a config key names; a :class:`ConfigError` that names the key when it is unset or not a folder."""
+    if not value:
+        raise ConfigError(f"{key} is not set: give {key}=/path/to/{what.replace(' ', '_')}")
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"{key}={value} is not a directory; give {key}=/path/to/{what.replace(' ', '_')}")
+    return path

@@ -27,7 +27,7 @@ EVAL_CLIPS = 500
 #: The two few-shot tasks: the first wants pitch invariance, the second pitch sensitivity. Pitch here is the MIDI note
 #: (25 notes over two octaves): pitch *class* would ask for octave equivalence, which none of these encoders learns.
 TASKS = {"family": "timbre family (wants pitch invariance)", "midi_note": "pitch, MIDI note (wants pitch sensitivity)"}
-BASELINE_OVERRIDES = ["invariance.mode=fixed", "model.encoder=resnet18"]
+BASELINE_OVERRIDES = ["invariance.mode=fixed", "model.encoder=plain_resnet18"]
 
 
 def run_demo(out: Path, config_dir: Path, overrides: list[str]) -> str:

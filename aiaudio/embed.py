@@ -14,10 +14,10 @@ import numpy as np
 import torch
 
 from aiaudio.audio.cache import WaveformCache, int16_to_float
-from aiaudio.encoder import load_encoder
+from aiaudio.encoder import load_encoder, logmel_of
 from aiaudio.engine.files import atomic_output
 from aiaudio.engine.runtime import resolve_device
-from aiaudio.pretrain import DataConfig, cache_data
+from aiaudio.audio.data import DataConfig, cache_data
 
 
 def clip_segments(samples: np.ndarray, length: int) -> np.ndarray:
@@ -33,7 +33,7 @@ def run_embed(
     """Embed every audio file under ``folder`` and write the ``.npz`` to ``out``; returns its path."""
     target = resolve_device(device)
     model = load_encoder(checkpoint, target)
-    data = DataConfig(root=folder, format="folder", cache_dir=cache_dir, sample_rate=model.frontend.config.sample_rate)
+    data = DataConfig(root=folder, format="folder", cache_dir=cache_dir, sample_rate=logmel_of(model).config.sample_rate)
     cache_data(data, progress=False)
     cache = WaveformCache(data.resolved_cache_dir())
     length = int(round(seconds * data.sample_rate))

@@ -5,12 +5,11 @@ An :class:`InvarianceSpace` names K factors (augmentations, or groups of them). 
 This module knows nothing of ``torch.nn``, audio or vision.
 
 Example:
-    >>> space = InvarianceSpace(CLAR_NAMES, min_active=2)
+    >>> space = InvarianceSpace(["crop", "flip", "jitter", "grayscale", "blur"], min_active=1)
     >>> len(space)
-    120
-    >>> space.to_vector({"pitch_shift": 1, "fade_in": 0, "fade_out": 0, "noise": 1,
-    ...                  "time_mask": 0, "time_shift": 0, "time_stretch": 0}).tolist()
-    [1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]
+    31
+    >>> space.to_vector({"crop": 1, "flip": 0, "jitter": 1, "grayscale": 0, "blur": 0}).tolist()
+    [1.0, 0.0, 1.0, 0.0, 0.0]
 """
 
 from __future__ import annotations
@@ -23,18 +22,6 @@ import torch
 from aiaudio.seeding import generator_for
 
 _DESCRIPTOR_STREAM = 1  # stream id: keeps descriptor draws apart from other per-step streams
-
-#: The seven CLAR audio augmentations, in the order used by every descriptor.
-CLAR_NAMES: tuple[str, ...] = (
-    "pitch_shift",
-    "fade_in",
-    "fade_out",
-    "noise",
-    "time_mask",
-    "time_shift",
-    "time_stretch",
-)
-
 
 class InvarianceSpace:
     """Named invariance factors and the table of binary descriptors used for pretraining.
@@ -132,11 +119,17 @@ class InvarianceSpace:
             raise ValueError(f"invariance {text!r} mixes name=value and bare numbers")
         return self.to_vector([float(p) for p in parts])
 
+    def active_names(self, descriptor: torch.Tensor | Sequence[float]) -> list[str]:
+        """The factors a descriptor switches on (entries >= 0.5), in space order; a wrong length is an error."""
+        values = torch.as_tensor(descriptor).detach().float().flatten().cpu()
+        if values.numel() != self.dim:
+            raise ValueError(f"descriptor has {values.numel()} entries; this space has {self.dim}: {self.names}")
+        return [name for name, value in zip(self.names, values.tolist()) if value >= 0.5]
+
     def name_of(self, descriptor: torch.Tensor) -> str:
         """A short readable name: the active factors joined by '+', or 'none'."""
-        active = [n for n, v in zip(self.names, self.to_vector(descriptor).tolist()) if v >= 0.5]
+        active = self.active_names(self.to_vector(descriptor))
         return "+".join(active) if active else "none"
-
 
 
 def quantize(descriptor: torch.Tensor, bits: int) -> torch.Tensor:
@@ -145,8 +138,3 @@ def quantize(descriptor: torch.Tensor, bits: int) -> torch.Tensor:
         raise ValueError(f"quantisation needs bits >= 1, got {bits}")
     levels = 2**bits - 1
     return torch.round(descriptor.clamp(0.0, 1.0) * levels) / levels
-
-
-def clar_space(min_active: int = 2) -> InvarianceSpace:
-    """The CLAR audio space: 7 augmentations, by default every descriptor with at least two bits on (120)."""
-    return InvarianceSpace(CLAR_NAMES, min_active=min_active)

@@ -19,11 +19,11 @@ import torch
 from aiaudio.audio.cache import CropDataset, int16_to_float
 from aiaudio.audio.probes import ProbeConfig, clean_inputs, probe_views
 from aiaudio.config import ConfigError, from_dict
-from aiaudio.encoder import load_encoder
+from aiaudio.encoder import load_encoder, logmel_of
 from aiaudio.eval.measure import interpolation_curve, measure_invariance
 from aiaudio.eval.plots import interpolation_plot, learned_invariance_bars, radar_chart
 from aiaudio.engine.runtime import resolve_device
-from aiaudio.pretrain import DataConfig, cache_data, open_cache
+from aiaudio.audio.data import DataConfig, cache_data, open_cache
 
 _CROP_SEED = 12345  # the measured crops are fixed: the same clips and windows for every checkpoint
 
@@ -75,8 +75,9 @@ def run_measure(config: MeasureConfig) -> dict[str, Any]:
     count = min(config.clips, len(dataset))
     wave = int16_to_float(torch.stack([dataset[(index, _CROP_SEED)] for index in range(count)])).to(device)
     with torch.no_grad():
-        inputs = clean_inputs(wave, model.frontend, config.batch_size)
-        views = probe_views(wave, model.frontend, config.probe, config.pitch_domain, config.batch_size)
+        frontend = logmel_of(model)
+        inputs = clean_inputs(wave, frontend, config.batch_size)
+        views = probe_views(wave, frontend, config.probe, config.pitch_domain, config.batch_size)
     names = list(views)
     descriptors = torch.stack([_descriptor(model, text) for text in config.descriptors])
     labels = [model.space.name_of(d) if text not in ("all", "none") else text for text, d in zip(config.descriptors, descriptors)]

@@ -33,15 +33,16 @@ import torch
 from aiaudio.audio.cache import ClipEntry
 from aiaudio.audio.datasets import DatasetError, csv_entries, folder_entries
 from aiaudio.audio.metaaudio import SegmentPolicy, build_logmel_set
-from aiaudio.config import ConfigError, from_dict, to_dict
-from aiaudio.encoder import PretrainedEncoder, load_encoder
+from aiaudio.config import ConfigError, from_dict, require_directory, to_dict
+from aiaudio.encoder import load_encoder, logmel_of
 from aiaudio.engine.files import atomic_write_text
 from aiaudio.engine.runtime import resolve_device
-from aiaudio.eval.learner import AmortisedFeatures, EpisodeEncoder, FrozenFeatures, feature_table
+from aiaudio.eval.learner import feature_table
+from aiaudio.eval.plans import readout_plans
+from aiaudio.eval.sweep import SweepConfig
 from aiaudio.eval.readout import (
     ReadoutData,
     ReadoutLearnerConfig,
-    SweepConfig,
     linear_readout,
     result_summary,
     split_off,
@@ -154,8 +155,8 @@ def parse_readout_config(raw: dict[str, Any]) -> ReadoutConfig:
     if not config.checkpoint:
         raise ConfigError("checkpoint is not set: give checkpoint=runs/<pretraining run> (or a checkpoint directory)")
     data = config.data
-    if data.format == "folder" and not data.root:
-        raise ConfigError("data.root is not set: give data.root=/path/to/labelled/folder")
+    if data.format == "folder":
+        require_directory(data.root, "data.root", "labelled folder")
     if data.format == "csv" and not data.csv:
         raise ConfigError("data.csv is not set: give data.csv=/path/to/labels.csv")
     return config
@@ -260,31 +261,6 @@ def select_test_clips(clips: LabelledClips, data: ReadoutDataConfig) -> np.ndarr
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _readouts(
-    config: ReadoutConfig, encoder: PretrainedEncoder, inputs, num_segments: int, device: torch.device
-) -> list[tuple[str, EpisodeEncoder, torch.Tensor | None]]:
-    """``(name, encoder side, start or fixed descriptor)`` of every readout the config asks for."""
-    batch = config.learner.eval_batch_size
-    if not encoder.amortised:
-        return [("plain", FrozenFeatures(feature_table(encoder, inputs, num_segments, None, batch)), None)]
-    plans: list[tuple[str, EpisodeEncoder, torch.Tensor | None]] = []
-    if config.learn_invariance:
-        start = torch.full((encoder.space.dim,), config.learner.init)
-        plans.append(("learned", AmortisedFeatures(encoder, inputs), start))
-    for position, text in enumerate(config.fixed):
-        try:
-            descriptor = encoder.descriptor(text)
-        except (KeyError, ValueError) as error:
-            raise ConfigError(
-                f"fixed[{position}]: {text!r} is not a descriptor of {list(encoder.space.names)} ({error})"
-            ) from None
-        table = feature_table(encoder, inputs, num_segments, descriptor.to(device), batch)
-        plans.append((f"fixed:{text}", FrozenFeatures(table), descriptor))
-    if not plans:
-        raise ConfigError("nothing to run: set learn_invariance=true or give at least one fixed descriptor")
-    return plans
-
-
 def run_readout(config: ReadoutConfig) -> dict[str, Any]:
     """Run every configured readout; write ``results.json`` and ``results.md`` to ``out_dir``; return a summary."""
     data = config.data
@@ -293,7 +269,7 @@ def run_readout(config: ReadoutConfig) -> dict[str, Any]:
     clips = read_labelled_clips(data)
     is_test = select_test_clips(clips, data)
     encoder = load_encoder(Path(config.checkpoint).expanduser(), device)
-    frontend_config = encoder.frontend.config
+    frontend_config = logmel_of(encoder).config
     split_entries = [
         ClipEntry(entry.key, entry.path, (SPLIT_NAMES[int(test)],)) for entry, test in zip(clips.entries, is_test)
     ]
@@ -317,8 +293,14 @@ def run_readout(config: ReadoutConfig) -> dict[str, Any]:
     def inputs(rows: torch.Tensor) -> torch.Tensor:
         return store.gather(rows.cpu().numpy(), device)
 
+    def features_at(descriptor: torch.Tensor | None) -> torch.Tensor:
+        return feature_table(encoder, inputs, len(store), descriptor, config.learner.eval_batch_size)
+
     results: dict[str, Any] = {}
-    for name, features, start in _readouts(config, encoder, inputs, len(store), device):
+    plans = readout_plans(encoder, config.fixed, config.learn_invariance, config.learner.init, inputs, features_at)
+    for plan in plans:
+        name = plan.kind if plan.kind != "fixed" else f"fixed:{plan.text}"
+        features, start = plan.encoder, plan.start
         log.info("readout %s: %d training and %d test clips", name, len(train_clips), len(test_clips))
         result = linear_readout(
             features, readout_data, train_clips, test_clips, config.learner, config.sweep, start,

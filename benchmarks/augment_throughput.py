@@ -36,7 +36,7 @@ from aiaudio.audio.augment import PITCH_DOMAINS, ClarAugment, ClarConfig, PitchS
 from aiaudio.audio.frontend import LogMel  # noqa: E402
 from aiaudio.audio.reference import REFERENCE_METHODS, ReferenceClarChain  # noqa: E402
 from aiaudio.engine.runtime import resolve_device, tune_cpu_allocator  # noqa: E402
-from aiaudio.invariance import CLAR_NAMES  # noqa: E402
+from aiaudio.audio.clar import CLAR_NAMES  # noqa: E402
 from machine import machine_info  # noqa: E402
 
 SAMPLE_RATE = 16000
@@ -216,13 +216,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
 
+    on_cpu = args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available())
+    if args.batched_processes < 0 or (args.batched_processes and not on_cpu):
+        parser.error("--batched-processes takes a count >= 0, and only with --device cpu")
     device = resolve_device(args.device)
     batch_size = args.batch_size or (256 if device.type == "cuda" else 64)
     malloc_tuned = False if args.no_malloc_tuning else tune_cpu_allocator()
     clips = make_clips(args.clips, args.clip_seconds)
-
-    if args.batched_processes < 0 or (args.batched_processes and device.type != "cpu"):
-        parser.error("--batched-processes takes a count >= 0, and only with --device cpu")
     reference_runner = ReferenceRunner(clips, args.workers, args.reference_method)
     process_runner = (
         BatchedProcessRunner(clips, args.batched_processes, batch_size, args.pitch_domain)

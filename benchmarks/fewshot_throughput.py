@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from aiaudio.engine.runtime import resolve_device
 from aiaudio.eval.episodes import Episodes, EpisodeSampler, SegmentPool
 from aiaudio.eval.learner import AmortisedFeatures, LearnerConfig, fit_episodes, run_episodes
-from aiaudio.invariance import clar_space
+from aiaudio.audio.clar import clar_space
 from aiaudio.nn import hyper_resnet
 from machine import machine_info
 

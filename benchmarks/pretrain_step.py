@@ -36,11 +36,11 @@ def measure(encoder: str, args: argparse.Namespace, device: torch.device) -> dic
         },
     )
     cuda = device.type == "cuda"
-    model = build_pretrainer(config, channels_last=cuda).to(device)
+    model = build_pretrainer(config, channels_last=cuda)[0].to(device)
     if cuda:
         model = model.to(memory_format=torch.channels_last)
     if args.compile:
-        model.method.compile()
+        model.compile_target().compile()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     samples = int(args.seconds * 16000)
     g = torch.Generator(device="cpu").manual_seed(0)
@@ -111,7 +111,7 @@ def main() -> None:
     if cuda:
         torch.backends.cudnn.benchmark = True
     # Plain first on CPU so the process's peak RSS is attributed fairly (it only grows).
-    results = [measure(name, args, device) for name in ("resnet18", "hyper_resnet18")]
+    results = [measure(name, args, device) for name in ("plain_resnet18", "hyper_resnet18")]
     plain, hyper = results
     report = {
         "benchmark": "pretrain_step",

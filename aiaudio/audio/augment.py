@@ -40,7 +40,8 @@ import torch
 from torch import nn
 
 from aiaudio.audio.frontend import LogMel
-from aiaudio.invariance import CLAR_NAMES
+from aiaudio.audio.clar import clar_space
+from aiaudio.invariance import InvarianceSpace
 
 FADE_SHAPES: tuple[str, ...] = ("linear", "logarithmic", "exponential", "quarter_sine", "half_sine")
 #: Noise colours and the exponent alpha of their power spectral density, proportional to 1 / f**alpha.
@@ -856,15 +857,14 @@ def build_ops(config: ClarConfig) -> dict[str, BatchedAugmentation]:
     }
 
 
-def active_ops(descriptor: torch.Tensor | list[float] | tuple[float, ...]) -> list[str]:
-    """Names of the ops whose descriptor entry is >= 0.5 (descriptor of length 7 in ``CLAR_NAMES`` order)."""
-    values = torch.as_tensor(descriptor).detach().flatten()
-    if values.numel() != len(CLAR_NAMES):
-        raise ValueError(
-            f"descriptor must have {len(CLAR_NAMES)} entries (one per {CLAR_NAMES}), got shape {tuple(values.shape)}"
-        )
-    bits = values.float().cpu().tolist()
-    return [name for name, bit in zip(CLAR_NAMES, bits) if bit >= 0.5]
+CLAR_SPACE: InvarianceSpace = clar_space()
+
+
+def active_ops(
+    descriptor: torch.Tensor | list[float] | tuple[float, ...], space: InvarianceSpace | None = None
+) -> list[str]:
+    """Names of the ops whose descriptor entry is >= 0.5, read from ``space`` (default: the CLAR space)."""
+    return (space if space is not None else CLAR_SPACE).active_names(descriptor)
 
 
 class ClarAugment(nn.Module):

@@ -15,12 +15,15 @@ The scalar ``mean`` and ``std`` are buffers, so they travel with the model's ``s
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torchaudio
 from torch import nn
+
+from aiaudio.engine.pretrained import register_input_transform
 
 #: Added to the mel power before the log (float64 machine epsilon, as in MetaAudio).
 LOG_OFFSET = 2.22e-16
@@ -153,3 +156,23 @@ def compute_stats(frontend: LogMel, waves: Iterable[torch.Tensor]) -> tuple[floa
     mean = total / count
     variance = max(total_sq / count - mean * mean, 0.0)
     return mean, variance**0.5
+
+
+class LogMelInput(LogMel):
+    """The log-mel frontend as a loaded encoder's input transform: waveforms ``[N]`` or ``[B, N]`` become normalised
+    log-mels ``[B, 1, M, T]``; log-mels ``[B, 1, M, T]`` pass through. Its state dict is :class:`LogMel`'s."""
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        if audio.dim() == 4:
+            return audio
+        if audio.dim() == 1:
+            audio = audio.unsqueeze(0)
+        if audio.dim() != 2:
+            raise ValueError(f"expected waveforms [B, N] or [N], or log-mels [B, 1, M, T]; got {list(audio.shape)}")
+        return super().forward(audio.float())
+
+
+@register_input_transform("logmel")
+def logmel_input(config: Mapping[str, Any]) -> LogMelInput:
+    """The ``logmel`` input transform of an encoder record: :class:`LogMelInput` with the recorded parameters."""
+    return LogMelInput(LogMelConfig(**config))

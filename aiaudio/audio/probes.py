@@ -36,7 +36,7 @@ from aiaudio.audio.augment import (
     build_ops,
 )
 from aiaudio.audio.frontend import LogMel
-from aiaudio.invariance import CLAR_NAMES
+from aiaudio.audio.clar import CLAR_NAMES
 from aiaudio.seeding import generator_for
 
 TIME_MASK_FILLS: tuple[str, ...] = ("zeros", "noise")

@@ -10,6 +10,7 @@ Layout of a run directory::
         step_00001000/
           model.safetensors          weights (loadable without unpickling)
           config.yaml                the resolved config
+          encoder.json               how to rebuild the encoder and its input transform (see aiaudio.engine.pretrained)
           state.pt                   optimizer, scheduler and step, for exact resume
 
 A checkpoint is written into a hidden temporary directory, flushed, and renamed into place; only then is ``latest``
@@ -32,6 +33,8 @@ from torch import nn
 from aiaudio.engine.files import atomic_write_text, fsync_file, publish_directory
 
 CHECKPOINT_FORMAT = 1
+#: The ``format`` entry of every weights file's safetensors metadata.
+WEIGHTS_FORMAT_TAG = "amortised-invariance"
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -48,7 +51,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 def save_weights(model: nn.Module, path: Path) -> None:
     """Save a module's state dict as safetensors (tensors made contiguous and unshared)."""
     state = {key: value.detach().contiguous().clone() for key, value in unwrap(model).state_dict().items()}
-    save_file(state, str(path), metadata={"format": "aiaudio", "version": str(CHECKPOINT_FORMAT)})
+    save_file(state, str(path), metadata={"format": WEIGHTS_FORMAT_TAG, "version": str(CHECKPOINT_FORMAT)})
 
 
 def load_weights(model: nn.Module, path: Path, strict: bool = True) -> None:
@@ -71,8 +74,14 @@ def save_checkpoint(
     config: dict[str, Any],
     training_state: dict[str, Any],
     keep: int = 2,
+    extra_files: dict[str, str] | None = None,
 ) -> Path:
-    """Atomically write the checkpoint after ``step`` completed steps; keep the newest ``keep`` checkpoints."""
+    """Atomically write the checkpoint after ``step`` completed steps; keep the newest ``keep`` (>= 1) checkpoints.
+
+    ``extra_files`` maps file names to text written beside the weights (``encoder.json``).
+    """
+    if keep < 1:
+        raise ValueError(f"a run keeps at least its newest checkpoint: keep must be >= 1, got {keep}")
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:08d}"
@@ -83,6 +92,8 @@ def save_checkpoint(
     tmp.mkdir()
     save_weights(model, tmp / "model.safetensors")
     (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    for file_name, text in (extra_files or {}).items():
+        (tmp / file_name).write_text(text, encoding="utf-8")
     torch.save({"format": CHECKPOINT_FORMAT, "step": step, **training_state}, tmp / "state.pt")
     for file in tmp.iterdir():
         fsync_file(file)

@@ -1,17 +1,19 @@
 """The shared, modality-agnostic trainer.
 
-It trains any module whose ``forward(batch, step)`` returns a dict with a scalar ``"loss"`` (see
-:class:`~aiaudio.methods.pretrainer.ContrastivePretrainer`) on any dataset keyed by ``(index, item_seed)``.
-It owns: device placement, bf16 autocast and channels_last on CUDA, optional ``torch.compile``, DDP under torchrun,
-AdamW with linear warm-up and cosine decay, atomic checkpoints and exact resume, JSONL metrics, a progress bar on
+It trains any :class:`TrainingModule` (``forward(batch, step)`` returning a dict with a scalar ``"loss"``, and a hook
+after each optimiser step; see :class:`~aiaudio.methods.pretrainer.ContrastivePretrainer`) on any dataset keyed by
+``(index, item_seed)``. It owns: device placement, bf16 autocast and channels_last on CUDA, optional
+``torch.compile``, DDP under torchrun, the optimiser (AdamW, SGD or LARS) and schedule chosen by name, atomic
+checkpoints (with the module's buffers: queues, momentum encoders) and exact resume, JSONL metrics, a progress bar on
 rank 0, and a stop with a clear message when the loss stops being finite.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +24,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from aiaudio.config import ConfigError
 from aiaudio.engine.checkpoint import latest_checkpoint, load_training_state, load_weights, save_checkpoint, unwrap
 from aiaudio.engine.distributed import DistInfo
 from aiaudio.engine.metrics import MetricsLog
 from aiaudio.engine.sampling import StepBatchSampler
-from aiaudio.engine.schedule import warmup_cosine
+from aiaudio.engine.optim import OPTIMIZERS, SCHEDULES, build_optimizer, lr_multiplier, parameter_groups
 
 log = logging.getLogger(__name__)
 
@@ -36,18 +39,29 @@ class TrainerConfig:
     """Optimisation and bookkeeping options shared by every pretraining run.
 
     ``batch_size`` is the global batch per step, split evenly over ranks.
+    ``optimizer``: "adamw" (``beta1``, ``beta2``), "sgd" or "lars" (``momentum``, ``nesterov``; LARS also
+    ``lars_trust``); ``weight_decay`` applies to weights, never to normalisation parameters or plain biases.
+    ``schedule``: "warmup_cosine" (down to ``min_lr_ratio``), "step" (times ``gamma`` at each of ``milestones``) or
+    "constant", each after ``warmup_steps`` of linear warm-up.
     ``precision``: "auto" (bf16 autocast on CUDA, fp32 elsewhere), "bf16" or "fp32".
     ``channels_last``: "auto" (on CUDA), true or false.
     """
 
     steps: int = 1000
     batch_size: int = 256
+    optimizer: str = "adamw"
     lr: float = 1e-3
     weight_decay: float = 1e-5
     beta1: float = 0.9
     beta2: float = 0.999
+    momentum: float = 0.9
+    nesterov: bool = False
+    lars_trust: float = 0.001
+    schedule: str = "warmup_cosine"
     warmup_steps: int = 100
     min_lr_ratio: float = 0.0
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
     grad_clip: float = 0.0
     log_every: int = 10
     ckpt_every: int = 500
@@ -62,8 +76,39 @@ class TrainerConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.steps <= 0 or self.batch_size <= 0:
-            raise ValueError(f"trainer.steps and trainer.batch_size must be positive, got {self.steps}, {self.batch_size}")
+        if self.steps <= 0:
+            raise ValueError(f"trainer.steps must be positive, got {self.steps}")
+        if self.batch_size < 2:
+            raise ValueError(
+                f"trainer.batch_size must be at least 2 (a contrastive loss needs another example), got {self.batch_size}"
+            )
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"trainer.optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"trainer.schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"trainer.lr must be a positive number, got {self.lr}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"trainer.weight_decay must be >= 0, got {self.weight_decay}")
+        for name in ("beta1", "beta2", "momentum"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"trainer.{name} must lie in [0, 1), got {getattr(self, name)}")
+        if not self.lars_trust > 0:
+            raise ValueError(f"trainer.lars_trust must be positive, got {self.lars_trust}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"trainer.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"trainer.min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
+        if not 0.0 < self.gamma <= 1.0 or any(m < 1 for m in self.milestones):
+            raise ValueError(f"trainer.gamma must lie in (0, 1] and trainer.milestones be steps >= 1, got "
+                             f"{self.gamma}, {self.milestones}")
+        if not self.grad_clip >= 0:
+            raise ValueError(f"trainer.grad_clip must be >= 0 (0: off), got {self.grad_clip}")
+        if self.keep_checkpoints < 1:
+            raise ValueError(
+                f"trainer.keep_checkpoints must be at least 1 (the newest checkpoint is always kept), got "
+                f"{self.keep_checkpoints}"
+            )
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"trainer.precision must be auto, bf16 or fp32, got {self.precision!r}")
         if self.channels_last not in ("auto", True, False):
@@ -78,26 +123,26 @@ class TrainerConfig:
         return self.channels_last is True or (self.channels_last == "auto" and device.type == "cuda")
 
 
+class TrainingModule(nn.Module):
+    """What the trainer trains: ``forward(batch, step) -> {"loss": scalar, ...}`` plus the hooks below.
+
+    Every other entry of the returned dict is averaged over the logging window and logged.
+    """
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        """Called after the optimiser step of step ``step`` (0-based): momentum updates, queues."""
+
+    def step_label(self, step: int) -> str:
+        """A short text logged with step ``step`` (the descriptor's name, say); empty by default."""
+        return ""
+
+    def compile_target(self) -> nn.Module:
+        """The submodule ``trainer.compile`` hands to ``torch.compile`` (the whole module by default)."""
+        return self
+
+
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: normalisation parameters and ordinary biases are not decayed.
-
-    A module may mark its bias as a weight (``bias_is_weight = True``), as the hypernetworks do: their output bias is
-    the base convolution kernel, which is decayed like any kernel.
-    """
-    decay, no_decay = [], []
-    norm_types = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
-    for module in model.modules():
-        for name, param in module.named_parameters(recurse=False):
-            if not param.requires_grad:
-                continue
-            is_norm = isinstance(module, norm_types)
-            is_plain_bias = name == "bias" and not getattr(module, "bias_is_weight", False)
-            (no_decay if is_norm or is_plain_bias else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
@@ -114,12 +159,13 @@ class Trainer:
     """Runs (or resumes) a training run in ``run_dir``.
 
     Args:
-        model: module with ``forward(batch, step) -> {"loss": ..., ...}``; unwrapped, on the CPU.
+        model: the :class:`TrainingModule`; unwrapped, on the CPU.
         dataset: map-style dataset indexed by ``(index, item_seed)`` tuples.
         config: the trainer options.
         run_dir: where checkpoints, metrics and the resolved config live.
         resolved_config: the full run config, saved with every checkpoint and compared on resume.
         dist_info: this process's rank, world size and device.
+        extra_files: text files written into every checkpoint beside the weights (``encoder.json``, say).
     """
 
     def __init__(
@@ -130,7 +176,17 @@ class Trainer:
         run_dir: Path,
         resolved_config: dict[str, Any],
         dist_info: DistInfo,
+        extra_files: dict[str, str] | None = None,
     ) -> None:
+        if not isinstance(model, TrainingModule):
+            raise TypeError(f"the trainer trains a TrainingModule, got {type(model).__name__}")
+        per_rank = config.batch_size // dist_info.world_size
+        if config.batch_size % dist_info.world_size or per_rank < 2:
+            raise ConfigError(
+                f"trainer.batch_size={config.batch_size} must split into at least 2 examples on each of "
+                f"{dist_info.world_size} ranks"
+            )
+        self.extra_files = dict(extra_files or {})
         self.config = config
         self.run_dir = Path(run_dir)
         self.resolved_config = resolved_config
@@ -140,17 +196,21 @@ class Trainer:
         self.model = model.to(self.device)
         if config.use_channels_last(self.device):
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.optimizer = torch.optim.AdamW(
-            parameter_groups(self.model, config.weight_decay), lr=config.lr, betas=(config.beta1, config.beta2)
+        self.optimizer = build_optimizer(
+            config.optimizer, parameter_groups(self.model, config.weight_decay), config.lr,
+            betas=(config.beta1, config.beta2), momentum=config.momentum, nesterov=config.nesterov,
+            trust_coefficient=config.lars_trust,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
-            lambda step: warmup_cosine(step, config.steps, config.warmup_steps, config.min_lr_ratio),
+            lambda step: lr_multiplier(
+                config.schedule, step, config.steps, config.warmup_steps, config.min_lr_ratio, config.milestones,
+                config.gamma,
+            ),
         )
         self.start_step = self._resume()
         if config.compile:
-            method = getattr(self.model, "method", self.model)
-            method.compile()
+            self.model.compile_target().compile()
         self.train_model: nn.Module = self.model
         if dist_info.distributed:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
@@ -202,7 +262,8 @@ class Trainer:
             "world_size": self.dist.world_size,
         }
         return save_checkpoint(
-            self.run_dir, step, self.model, self.resolved_config, state, keep=self.config.keep_checkpoints
+            self.run_dir, step, self.model, self.resolved_config, state, keep=self.config.keep_checkpoints,
+            extra_files=self.extra_files,
         )
 
     def fit(self) -> dict[str, Any]:
@@ -238,6 +299,7 @@ class Trainer:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
                 self.optimizer.step()
                 self.scheduler.step()
+                self.model.after_step(step, total)
                 detached = loss.detach().double()
                 finite = torch.isfinite(detached)
                 first_bad = torch.where((first_bad < 0) & ~finite, torch.tensor(step, device=self.device), first_bad)
@@ -258,7 +320,7 @@ class Trainer:
                     values["lr"] = self.scheduler.get_last_lr()[0]
                     values["steps_per_s"] = window_steps / elapsed
                     values["examples_per_s"] = window_steps * cfg.batch_size / elapsed
-                    values["descriptor"] = self._descriptor_name(step)
+                    values["descriptor"] = self.model.step_label(step)
                     metrics.write(done, values)
                     summary["last_loss"] = values["loss"]
                     progress.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}")
@@ -299,10 +361,3 @@ class Trainer:
             dist.all_reduce(stacked)
             stacked /= self.dist.world_size
         return {name: float(v) / max(1, steps) for name, v in zip(names, stacked.tolist())}
-
-    def _descriptor_name(self, step: int) -> str:
-        inner = unwrap(self.model)
-        if hasattr(inner, "descriptor") and hasattr(inner, "space"):
-            return inner.space.name_of(inner.descriptor(step))
-        return ""
-

@@ -31,7 +31,6 @@ Example:
 from __future__ import annotations
 
 import copy
-import itertools
 import logging
 import math
 from dataclasses import dataclass, field, replace
@@ -41,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from aiaudio.eval.learner import EpisodeEncoder
+from aiaudio.eval.sweep import SweepConfig
 from aiaudio.seeding import generator_for
 
 log = logging.getLogger(__name__)
@@ -100,33 +100,6 @@ class ReadoutLearnerConfig:
             raise ValueError(f"learner.normalize must be one of {list(NORMALIZATIONS)}, got {self.normalize!r}")
         if self.monitor not in MONITORS:
             raise ValueError(f"learner.monitor must be one of {list(MONITORS)}, got {self.monitor!r}")
-
-
-@dataclass
-class SweepConfig:
-    """The grid tried; the best validation score wins.
-
-    Attributes:
-        lrs: head learning rates.
-        weight_decays: head weight decays.
-        invariance_lrs: descriptor learning rates, tried too by a readout that learns its descriptor; None: only the
-            learner's ``invariance_lr``. (A fixed-descriptor readout sweeps ``lrs`` x ``weight_decays`` alone.)
-    """
-
-    lrs: list[float] = field(default_factory=lambda: [1e-3, 1e-2, 1e-1])
-    weight_decays: list[float] = field(default_factory=lambda: [0.0, 1e-4, 1e-3])
-    invariance_lrs: list[float] | None = None
-
-    def __post_init__(self) -> None:
-        if not self.lrs or not self.weight_decays:
-            raise ValueError("sweep: lrs and weight_decays must each hold at least one value")
-        if any(lr <= 0 for lr in self.lrs) or any(wd < 0 for wd in self.weight_decays):
-            raise ValueError(
-                f"sweep: lrs must be positive and weight_decays >= 0, got {self.lrs} and {self.weight_decays}"
-            )
-        if self.invariance_lrs is not None and (not self.invariance_lrs or any(v < 0 for v in self.invariance_lrs)):
-            raise ValueError(f"sweep: invariance_lrs must be null or a non-empty list of values >= 0, "
-                             f"got {self.invariance_lrs}")
 
 
 @dataclass
@@ -566,15 +539,14 @@ def sweep_readout(
     """Fit one readout per ``(lr, weight_decay[, invariance_lr])`` of the grid; keep the best validation score (ties:
     lower validation loss, then the earlier grid point). Only training and validation clips are seen."""
     learns = bool(encoder.learns_invariance)
-    invariance_lrs = sweep.invariance_lrs if learns and sweep.invariance_lrs is not None else [config.invariance_lr]
     best: FitResult | None = None
     trials: list[dict[str, Any]] = []
-    for lr, weight_decay, invariance_lr in itertools.product(sweep.lrs, sweep.weight_decays, invariance_lrs):
-        trial_config = replace(config, lr=lr, weight_decay=weight_decay, invariance_lr=invariance_lr)
+    for setting in sweep.settings(learns):
+        trial_config = replace(config, **setting)
         fit = fit_readout(encoder, data, train_clips, val_clips, trial_config, start, device)
-        trial: dict[str, Any] = {"lr": lr, "weight_decay": weight_decay}
+        trial: dict[str, Any] = {"lr": trial_config.lr, "weight_decay": trial_config.weight_decay}
         if learns:
-            trial["invariance_lr"] = invariance_lr
+            trial["invariance_lr"] = trial_config.invariance_lr
         trials.append({**trial, "val_score": fit.val.score, "val_loss": fit.val.loss,
                        "best_epoch": fit.best_epoch, "epochs": fit.epochs})
         log.info("readout %s: validation score %.4f (loss %.4f) at epoch %d",

@@ -8,7 +8,9 @@ import torch
 from torch import nn
 
 from aiaudio.engine.distributed import rank_and_world
+from aiaudio.engine.trainer import TrainingModule
 from aiaudio.invariance import InvarianceSpace
+from aiaudio.methods.base import ContrastiveMethod
 from aiaudio.seeding import generator_for
 
 _VIEW_STREAM = 2  # stream id for the per-step augmentation generator
@@ -25,7 +27,7 @@ class ViewMaker(Protocol):
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
-class ContrastivePretrainer(nn.Module):
+class ContrastivePretrainer(TrainingModule):
     """Wires a descriptor policy, a view maker and a contrastive method into ``forward(batch, step) -> metrics``.
 
     The descriptor of step ``s`` is ``space.descriptor_for_step(seed, s)`` (amortised) or a fixed vector (baseline):
@@ -35,7 +37,8 @@ class ContrastivePretrainer(nn.Module):
 
     Args:
         views: the modality's view maker (an ``nn.Module``; its buffers, e.g. normalisation stats, are saved).
-        method: e.g. :class:`~aiaudio.methods.simclr.SimCLR`, called as ``method(view1, view2, descriptor)``.
+        method: a :class:`~aiaudio.methods.base.ContrastiveMethod` (SimCLR, MoCoV2, MoCoV3), called as
+            ``method(view1, view2, descriptor)``.
         space: the invariance space.
         seed: the run's seed.
         fixed_descriptor: when given, every step uses it (the non-amortised baseline).
@@ -45,7 +48,7 @@ class ContrastivePretrainer(nn.Module):
     def __init__(
         self,
         views: nn.Module,
-        method: nn.Module,
+        method: ContrastiveMethod,
         space: InvarianceSpace,
         seed: int,
         fixed_descriptor: torch.Tensor | None = None,
@@ -58,6 +61,15 @@ class ContrastivePretrainer(nn.Module):
         self.seed = seed
         self.fixed_descriptor = None if fixed_descriptor is None else space.to_vector(fixed_descriptor)
         self.channels_last = channels_last
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        self.method.after_step(step, total_steps)
+
+    def step_label(self, step: int) -> str:
+        return self.space.name_of(self.descriptor(step))
+
+    def compile_target(self) -> nn.Module:
+        return self.method
 
     def descriptor(self, step: int) -> torch.Tensor:
         """The descriptor used at ``step`` (CPU, float32, shape ``[K]``)."""

@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from aiaudio.methods.base import ContrastiveMethod
 from aiaudio.methods.losses import nt_xent
 
 
-class SimCLR(nn.Module):
+class SimCLR(ContrastiveMethod):
     """Encoder + projection head trained with NT-Xent; negatives gathered across ranks.
 
     Both views go through the encoder in one pass (BatchNorm sees both), conditioned on the step's descriptor.

@@ -8,7 +8,8 @@ the classifier are ordinary static layers. Module paths and BatchNorm names matc
 :class:`StaticResNet` is the same code with ordinary convolutions; with ``width=1`` its state dict is timm's.
 :class:`PlainEncoder` wraps a plain ResNet so that it has the encoder call signature ``forward(x, i=None)``.
 
-Importing this module registers ``hyper_resnet18`` and ``hyper_resnet50`` with ``timm.create_model``.
+Importing this module registers ``hyper_resnet18``, ``hyper_resnet50``, ``plain_resnet18`` and ``plain_resnet50``
+with ``timm.create_model`` (build encoders with :func:`aiaudio.nn.create_encoder`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ ConvFactory = Callable[[int, int, int, int, int], nn.Module]
 
 BASE_WIDTHS: tuple[int, int, int, int] = (64, 128, 256, 512)
 STEM_WIDTH = 64
-ENCODER_KINDS: tuple[str, ...] = ("hyper_resnet18", "hyper_resnet50", "resnet18", "resnet50")
 
 
 def _scaled_width(channels: int, width: float) -> int:
@@ -251,6 +251,8 @@ class HyperResNet(_ResNet):
         zero_init_last: zero the last BatchNorm scale of each block, as timm's ResNet does.
     """
 
+    amortised = True
+
     def __init__(
         self,
         block: BlockType,
@@ -366,6 +368,8 @@ class PlainEncoder(nn.Module):
         backbone: a timm ResNet or :class:`StaticResNet` built with ``num_classes=0``.
     """
 
+    amortised = False
+
     def __init__(self, backbone: nn.Module) -> None:
         super().__init__()
         self.backbone = backbone
@@ -421,65 +425,72 @@ def hyper_resnet(name: str, inv_dim: int, **kwargs: Any) -> HyperResNet:
     return HyperResNet(block, layers, inv_dim=inv_dim, **kwargs)
 
 
-def build_encoder(
-    kind: str,
-    in_chans: int = 1,
-    inv_dim: int | None = None,
-    width: float = 1.0,
-    hyper_hidden: int = 32,
-    embed_dim: int = 16,
-    dependence: float = 0.5,
-    zero_init_last: bool = True,
-) -> nn.Module:
-    """An encoder ``forward(x, i) -> [B, num_features]``: a hypernetwork ResNet or a plain one (which ignores ``i``).
-
-    Args:
-        kind: one of ``ENCODER_KINDS``.
-        in_chans: input channels.
-        inv_dim: descriptor length K; required for the hyper kinds, ignored by the plain ones.
-        width: channel multiplier.
-        hyper_hidden: hypernetwork hidden width (hyper kinds).
-        embed_dim: block embedding size (hyper kinds).
-        dependence: init scale of the descriptor-dependent kernel part (hyper kinds).
-        zero_init_last: zero the last BatchNorm scale of each block.
-    """
-    if kind not in ENCODER_KINDS:
-        raise ValueError(f"unknown encoder kind {kind!r}; expected one of {list(ENCODER_KINDS)}")
-    if kind.startswith("hyper_"):
-        if inv_dim is None:
-            raise ValueError(f"encoder {kind!r} needs inv_dim (the descriptor length K)")
-        return hyper_resnet(
-            kind.removeprefix("hyper_"),
-            inv_dim,
-            in_chans=in_chans,
-            width=width,
-            hyper_hidden=hyper_hidden,
-            embed_dim=embed_dim,
-            dependence=dependence,
-            zero_init_last=zero_init_last,
-        )
-    return plain_resnet(kind, in_chans=in_chans, width=width, zero_init_last=zero_init_last)
-
-
-def _timm_entrypoint(name: str, pretrained: bool, kwargs: dict[str, Any]) -> HyperResNet:
-    """Build ``hyper_<name>`` for ``timm.create_model``; no pretrained weights exist."""
-    # timm always passes these; without pretrained weights there is nothing for them to configure.
+def _entrypoint_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Drop the arguments ``timm.create_model`` always passes; without pretrained weights they configure nothing."""
     for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
         kwargs.pop(key, None)
+    return kwargs
+
+
+def _require_inv_dim(name: str, inv_dim: int | None) -> None:
+    if inv_dim is None:
+        raise ValueError(f"{name} needs inv_dim (the descriptor length K), e.g. inv_dim=7")
+
+
+def _refuse_pretrained(name: str, pretrained: bool) -> None:
     if pretrained:
-        raise ValueError(f"hyper_{name} has no pretrained weights; create it with pretrained=False")
-    if "inv_dim" not in kwargs:
-        raise ValueError(f"hyper_{name} needs inv_dim (the descriptor length K), e.g. inv_dim=7")
-    return hyper_resnet(name, **kwargs)
+        raise ValueError(f"{name} has no pretrained weights; create it with pretrained=False")
 
 
 @register_model
-def hyper_resnet18(pretrained: bool = False, **kwargs: Any) -> HyperResNet:
+def hyper_resnet18(
+    pretrained: bool = False, *, inv_dim: int | None = None, in_chans: int = 1, width: float = 1.0, hyper_hidden: int = 32,
+    embed_dim: int = 16, dependence: float = 0.5, zero_init_last: bool = True, **kwargs: Any,
+) -> HyperResNet:
     """Hyper-ResNet-18 (BasicBlock, layers 2-2-2-2) for ``timm.create_model``; needs ``inv_dim``."""
-    return _timm_entrypoint("resnet18", pretrained, kwargs)
+    _refuse_pretrained("hyper_resnet18", pretrained)
+    _require_inv_dim("hyper_resnet18", inv_dim)
+    return hyper_resnet(
+        "resnet18", inv_dim, in_chans=in_chans, width=width, hyper_hidden=hyper_hidden, embed_dim=embed_dim,
+        dependence=dependence, zero_init_last=zero_init_last, **_entrypoint_kwargs(kwargs),
+    )
 
 
 @register_model
-def hyper_resnet50(pretrained: bool = False, **kwargs: Any) -> HyperResNet:
+def hyper_resnet50(
+    pretrained: bool = False, *, inv_dim: int | None = None, in_chans: int = 1, width: float = 1.0, hyper_hidden: int = 32,
+    embed_dim: int = 16, dependence: float = 0.5, zero_init_last: bool = True, **kwargs: Any,
+) -> HyperResNet:
     """Hyper-ResNet-50 (Bottleneck, layers 3-4-6-3) for ``timm.create_model``; needs ``inv_dim``."""
-    return _timm_entrypoint("resnet50", pretrained, kwargs)
+    _refuse_pretrained("hyper_resnet50", pretrained)
+    _require_inv_dim("hyper_resnet50", inv_dim)
+    return hyper_resnet(
+        "resnet50", inv_dim, in_chans=in_chans, width=width, hyper_hidden=hyper_hidden, embed_dim=embed_dim,
+        dependence=dependence, zero_init_last=zero_init_last, **_entrypoint_kwargs(kwargs),
+    )
+
+
+@register_model
+def plain_resnet18(
+    pretrained: bool = False, *, inv_dim: int | None = None, in_chans: int = 1, width: float = 1.0,
+    zero_init_last: bool = True, **kwargs: Any,
+) -> PlainEncoder:
+    """A plain ResNet-18 encoder (``forward(x, i=None)``, the descriptor ignored; ``inv_dim`` accepted and unused)."""
+    _refuse_pretrained("plain_resnet18", pretrained)
+    _entrypoint_kwargs(kwargs)
+    if kwargs:
+        raise TypeError(f"plain_resnet18 got unexpected arguments {sorted(kwargs)}")
+    return plain_resnet("resnet18", in_chans=in_chans, width=width, zero_init_last=zero_init_last)
+
+
+@register_model
+def plain_resnet50(
+    pretrained: bool = False, *, inv_dim: int | None = None, in_chans: int = 1, width: float = 1.0,
+    zero_init_last: bool = True, **kwargs: Any,
+) -> PlainEncoder:
+    """A plain ResNet-50 encoder (``forward(x, i=None)``, the descriptor ignored; ``inv_dim`` accepted and unused)."""
+    _refuse_pretrained("plain_resnet50", pretrained)
+    _entrypoint_kwargs(kwargs)
+    if kwargs:
+        raise TypeError(f"plain_resnet50 got unexpected arguments {sorted(kwargs)}")
+    return plain_resnet("resnet50", in_chans=in_chans, width=width, zero_init_last=zero_init_last)

@@ -30,7 +30,7 @@ from aiaudio.audio.augment import (
 from aiaudio.audio.frontend import LogMel
 from aiaudio.config import from_dict
 from aiaudio.audio.reference import ReferenceClarChain
-from aiaudio.invariance import CLAR_NAMES
+from aiaudio.audio.clar import CLAR_NAMES
 
 SR = 16000
 

@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 from aiaudio.engine.checkpoint import latest_checkpoint
 from aiaudio.engine.distributed import DistInfo
 from aiaudio.engine.metrics import read_metrics
-from aiaudio.engine.trainer import NonFiniteLossError, Trainer, TrainerConfig
+from aiaudio.engine.trainer import NonFiniteLossError, Trainer, TrainerConfig, TrainingModule
 
 
 class KeyedNoise(Dataset):
@@ -28,7 +28,7 @@ class KeyedNoise(Dataset):
         return self.data[key[0]]
 
 
-class Regression(nn.Module):
+class Regression(TrainingModule):
     """Fits a linear map; the loss turns to NaN from step ``bad_step`` on."""
 
     def __init__(self, bad_step: int | None = None) -> None:

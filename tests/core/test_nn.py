@@ -20,7 +20,8 @@ from aiaudio.nn import (
     PredictionHead,
     ProjectionHead,
     StaticResNet,
-    build_encoder,
+    create_encoder,
+    encoder_kwargs,
     hyper_resnet,
     plain_resnet,
 )
@@ -34,6 +35,11 @@ def _hyper_conv_count(out_ch: int, in_ch: int, k: int, embed_dim: int, hidden: i
     """Closed form: Linear(E, h) + Linear(h, o*i*k*k)."""
     kernel = out_ch * in_ch * k * k
     return embed_dim * hidden + hidden + hidden * kernel + kernel
+
+
+def _encoder(name: str, inv_dim: int | None, **options) -> nn.Module:
+    """A registered encoder built through timm's registry, as configs build them (one input channel)."""
+    return create_encoder(name, encoder_kwargs(name, inv_dim, 1, options))
 
 
 def _tiny_hyper(name: str = "resnet18", inv_dim: int = 3, **kwargs) -> HyperResNet:
@@ -321,11 +327,13 @@ def test_bad_shapes_raise_clear_value_errors():
     with pytest.raises(ValueError, match="embedding of shape"):
         HyperConv2d(1, 2, 3)(x, torch.ones(3))
     with pytest.raises(ValueError, match="inv_dim"):
-        build_encoder("hyper_resnet18")
-    with pytest.raises(ValueError, match="unknown encoder kind"):
-        build_encoder("vit")
+        create_encoder("hyper_resnet18", {"in_chans": 1})
+    with pytest.raises(ValueError, match="not registered with timm"):
+        create_encoder("no_such_vit", {"inv_dim": 3, "in_chans": 1})
+    with pytest.raises(ValueError, match="not an invariance encoder"):
+        create_encoder("resnet18", {})  # timm's own classifier: no descriptor argument
     with pytest.raises(ValueError, match=r"\[B, 1, H, W\]"):
-        build_encoder("resnet18", width=0.125)(torch.randn(2, 3, 32, 32))
+        _encoder("plain_resnet18", inv_dim=None, width=0.125)(torch.randn(2, 3, 32, 32))
 
 
 def test_hyper_conv_with_per_group_embeddings_in_both_layouts():
@@ -377,11 +385,11 @@ def test_descriptor_gradients_of_groups_are_independent():
     assert grad[0].abs().sum() > 0 and torch.all(grad[1] == 0)
 
 
-@pytest.mark.parametrize("kind", ["hyper_resnet18", "resnet18", "resnet50"])
+@pytest.mark.parametrize("kind", ["hyper_resnet18", "plain_resnet18", "plain_resnet50"])
 def test_forward_after_stem_composes_to_forward(kind):
     torch.manual_seed(7)
     width = 1.0 if kind == "resnet50" else 0.125  # width 1 is timm's own ResNet
-    model = build_encoder(kind, in_chans=1, inv_dim=3, width=width, zero_init_last=False).eval()
+    model = _encoder(kind, inv_dim=3, width=width, zero_init_last=False).eval()
     x, i = torch.randn(2, 1, 32, 40), torch.tensor([1.0, 0.0, 1.0])
     torch.testing.assert_close(model.forward_after_stem(model.forward_stem(x), i), model(x, i))
 
@@ -432,7 +440,7 @@ def test_bf16_autocast_and_bf16_model():
 def test_plain_encoders_ignore_the_descriptor_and_match_timm():
     timm_backed = plain_resnet("resnet18", in_chans=1)
     assert isinstance(timm_backed.backbone, timm.models.ResNet) and timm_backed.num_features == 512
-    small = build_encoder("resnet18", in_chans=1, width=0.25)
+    small = _encoder("plain_resnet18", inv_dim=None, width=0.25)
     assert isinstance(small, PlainEncoder) and isinstance(small.backbone, StaticResNet)
     assert small.num_features == 128
     small.eval()
@@ -443,9 +451,10 @@ def test_plain_encoders_ignore_the_descriptor_and_match_timm():
         assert small.forward_features(x).shape == (2, 128, 2, 2)
 
 
-@pytest.mark.parametrize("kind", ann.ENCODER_KINDS)
-def test_build_encoder_kinds_share_the_call_signature(kind):
-    encoder = build_encoder(kind, in_chans=1, inv_dim=7, width=0.125).eval()
+@pytest.mark.parametrize("kind", ["hyper_resnet18", "hyper_resnet50", "plain_resnet18", "plain_resnet50"])
+def test_registered_encoders_share_the_call_signature(kind):
+    encoder = _encoder(kind, inv_dim=7, width=0.125).eval()
+    assert encoder.amortised == kind.startswith("hyper_")
     with torch.no_grad():
         out = encoder(torch.randn(2, 1, 32, 32), torch.ones(7))
     assert out.shape == (2, encoder.num_features)

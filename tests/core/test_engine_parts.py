@@ -8,8 +8,8 @@ from torch import nn
 from aiaudio.config import ConfigError, apply_overrides, from_dict, to_dict
 from aiaudio.engine.checkpoint import latest_checkpoint, load_weights, resolve_checkpoint, save_checkpoint
 from aiaudio.engine.sampling import StepBatchSampler
-from aiaudio.engine.schedule import warmup_cosine
-from aiaudio.engine.trainer import TrainerConfig, parameter_groups
+from aiaudio.engine.optim import LARS, build_optimizer, lr_multiplier, parameter_groups, warmup_cosine
+from aiaudio.engine.trainer import TrainerConfig
 
 
 def test_warmup_cosine_closed_form():
@@ -96,3 +96,55 @@ def test_parameter_groups_exclude_norms_and_plain_biases():
     assert ids(decay) == {id(model[0].weight), id(model[2].weight), id(model[2].bias)}
     assert ids(no_decay) == {id(model[0].bias), id(model[1].weight), id(model[1].bias)}
     assert no_decay["weight_decay"] == 0.0
+
+
+def test_step_and_constant_schedules_after_warm_up():
+    assert [lr_multiplier("constant", s, 10, 2) for s in range(4)] == [0.5, 1.0, 1.0, 1.0]
+    assert [lr_multiplier("step", s, 10, 0, milestones=[3, 6], gamma=0.5) for s in (0, 2, 3, 5, 6, 9)] == [
+        1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
+    assert lr_multiplier("warmup_cosine", 5, 10, 0) == pytest.approx(warmup_cosine(5, 10, 0))
+    with pytest.raises(ValueError, match="unknown schedule"):
+        lr_multiplier("linear", 0, 10)
+
+
+def test_lars_step_matches_the_hand_computed_update():
+    weight = nn.Parameter(torch.tensor([3.0, 4.0]))
+    bias = nn.Parameter(torch.tensor([1.0]))
+    groups = [{"params": [weight], "weight_decay": 0.1, "lars_adapt": True},
+              {"params": [bias], "weight_decay": 0.0, "lars_adapt": False}]
+    optimizer = LARS(groups, lr=0.5, momentum=0.9, trust_coefficient=0.01)
+    for step in range(2):
+        weight.grad, bias.grad = torch.tensor([0.3, -0.4]), torch.tensor([2.0])
+        optimizer.step()
+    # by hand: g' = g + 0.1 w, trust = 0.01 |w| / |g'|, v = 0.9 v + trust g', w -= 0.5 v; the bias is plain SGD
+    w, v, vb, b = torch.tensor([3.0, 4.0]), torch.zeros(2), torch.zeros(1), torch.tensor([1.0])
+    for step in range(2):
+        g = torch.tensor([0.3, -0.4]) + 0.1 * w
+        v = 0.9 * v + 0.01 * w.norm() / g.norm() * g if step else 0.01 * w.norm() / g.norm() * g
+        w = w - 0.5 * v
+        vb = 0.9 * vb + 2.0 if step else torch.tensor([2.0])
+        b = b - 0.5 * vb
+    torch.testing.assert_close(weight.detach(), w)
+    torch.testing.assert_close(bias.detach(), b)
+
+
+def test_optimizers_by_name_keep_the_groups_weight_decay():
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    for name, kind in (("adamw", torch.optim.AdamW), ("sgd", torch.optim.SGD), ("lars", LARS)):
+        optimizer = build_optimizer(name, parameter_groups(model, 0.05), lr=0.1, nesterov=name == "sgd")
+        assert isinstance(optimizer, kind)
+        assert [group["weight_decay"] for group in optimizer.param_groups] == [0.05, 0.0]
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        build_optimizer("adagrad", parameter_groups(model, 0.0), lr=0.1)
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("keep_checkpoints", 0, "keep_checkpoints"), ("keep_checkpoints", -1, "keep_checkpoints"),
+    ("batch_size", 1, "batch_size"), ("lr", 0, "trainer.lr"), ("lr", -1, "trainer.lr"),
+    ("weight_decay", -1, "weight_decay"), ("min_lr_ratio", 50, "min_lr_ratio"), ("warmup_steps", -5, "warmup_steps"),
+    ("beta1", 1.5, "beta1"), ("optimizer", "adam", "optimizer"), ("schedule", "linear", "schedule"),
+    ("momentum", 1.0, "momentum"), ("grad_clip", -1, "grad_clip"), ("gamma", 0, "gamma"),
+])
+def test_trainer_config_refuses_bad_values_naming_the_key(key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        from_dict(TrainerConfig, {key: value}, "trainer")

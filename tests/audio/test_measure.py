@@ -23,7 +23,7 @@ from aiaudio.eval.measure import (
     invariance_table,
     measure_invariance,
 )
-from aiaudio.invariance import CLAR_NAMES
+from aiaudio.audio.clar import CLAR_NAMES
 from aiaudio.nn.resnet import hyper_resnet
 
 SAMPLE_RATE = 16000

@@ -42,7 +42,7 @@ from benchmarks.minibench.build import (
 RATE = 16000
 #: Where a built mini benchmark keeps its unpacked packages (the FluidSynth test uses the soundfont and runtime there):
 #: the build's default output folder, or ``MINIBENCH_PACKAGES``.
-PACKAGES = Path(os.environ.get("MINIBENCH_PACKAGES", Path(__file__).resolve().parents[1] / "data/minibench/packages"))
+PACKAGES = Path(os.environ.get("MINIBENCH_PACKAGES", Path(__file__).resolve().parents[2] / "data/minibench/packages"))
 SOUNDFONT = PACKAGES / "timgm6mb-soundfont" / "usr" / "share" / "sounds" / "sf2" / "TimGM6mb.sf2"
 FLUIDSYNTH_RUNTIME = PACKAGES / "fluidsynth-runtime"
 

@@ -31,7 +31,7 @@ from aiaudio.eval.readout import (
 )
 
 from conftest import REPO
-from test_learner import NuisanceEncoder
+from known_answers import NuisanceEncoder
 
 
 @pytest.fixture(autouse=True)

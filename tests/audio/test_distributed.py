@@ -23,7 +23,7 @@ def test_two_rank_gloo_run_stays_in_sync(tiny_config_args, tmp_path):
     assert cache.returncode == 0, cache.stderr
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        str(REPO / "tests" / "ddp_worker.py"), str(tmp_path), config, *overrides,
+        str(REPO / "tests" / "audio" / "ddp_worker.py"), str(tmp_path), config, *overrides,
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
     assert result.returncode == 0, result.stderr[-4000:]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run_benchmark(script: str, *args: str) -> dict:
@@ -74,9 +74,9 @@ def test_pretrain_step_compares_the_two_encoders() -> None:
         "--steps", "1", "--warmup", "0",
     )
     encoders = {result["encoder"]: result for result in report["results"]}
-    assert set(encoders) == {"resnet18", "hyper_resnet18"}
-    assert encoders["hyper_resnet18"]["parameters_m"] > encoders["resnet18"]["parameters_m"]
-    ratio = encoders["hyper_resnet18"]["method_ms"] / encoders["resnet18"]["method_ms"]
+    assert set(encoders) == {"plain_resnet18", "hyper_resnet18"}
+    assert encoders["hyper_resnet18"]["parameters_m"] > encoders["plain_resnet18"]["parameters_m"]
+    ratio = encoders["hyper_resnet18"]["method_ms"] / encoders["plain_resnet18"]["method_ms"]
     assert report["ai_over_plain_method"] == pytest.approx(ratio, rel=0.01)
 
 

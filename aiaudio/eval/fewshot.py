@@ -1,0 +1,220 @@
+"""N-way K-shot evaluation of frozen encoders with learned invariances, for any modality.
+
+A modality supplies an :class:`EpisodeData` (the segment pool, a function from segment indices to model inputs, and
+which classes and clips validation and test episodes draw from). :class:`FewshotEvaluator` samples seeded episodes,
+chooses each learner's hyper-parameters on validation episodes and scores the choice on test episodes, and
+:func:`evaluate_encoder` runs every readout of an encoder (learned i, fixed descriptors, or plain features for a
+baseline). :func:`format_table` and :func:`write_report` present the rows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from aiaudio.engine.files import atomic_output, atomic_write_text
+from aiaudio.engine.pretrained import PretrainedEncoder
+from aiaudio.eval.episodes import EpisodeSampler, SegmentPool
+from aiaudio.eval.learner import (
+    EpisodeEncoder,
+    EpisodeResults,
+    InputFn,
+    LearnerConfig,
+    feature_table,
+    run_episodes,
+    sklearn_accuracy,
+    with_overrides,
+)
+from aiaudio.eval.plans import readout_plans
+from aiaudio.eval.plots import learned_invariance_bars
+from aiaudio.eval.stats import mean_ci
+from aiaudio.eval.sweep import SweepConfig
+from aiaudio.invariance import InvarianceSpace
+from aiaudio.seeding import mix_seed
+
+log = logging.getLogger(__name__)
+
+_VAL_STREAM = 1  # seeding stream of the validation episodes (test episodes use the seed itself)
+
+
+@dataclass
+class EpisodeConfig:
+    ways: int = 5
+    shots: int = 1
+    queries: int = 1
+    test_episodes: int = 10000
+    val_episodes: int = 300
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if min(self.ways, self.shots, self.queries, self.test_episodes, self.val_episodes) < 1 or self.ways < 2:
+            raise ValueError("episodes: ways must be >= 2; shots, queries, test_episodes and val_episodes >= 1")
+
+
+@dataclass
+class EpisodeData:
+    """An evaluation set as episodes see it.
+
+    Attributes:
+        pool: clip classes and the segments of each clip.
+        inputs: model inputs of segment indices, on the evaluation device.
+        num_segments: segments in the pool.
+        val_classes, test_classes: the classes validation and test episodes draw from.
+        val_clips, test_clips: ``[C]`` bool masks of the clips each may use (None: every clip of its classes).
+        feature_dir: where feature tables at fixed descriptors are cached (None: not cached).
+    """
+
+    pool: SegmentPool
+    inputs: InputFn
+    num_segments: int
+    val_classes: list[int]
+    test_classes: list[int]
+    val_clips: torch.Tensor | None = None
+    test_clips: torch.Tensor | None = None
+    feature_dir: Path | None = None
+
+
+class FewshotEvaluator:
+    """Runs learners on the validation and test episodes of one evaluation set."""
+
+    def __init__(
+        self, episodes: EpisodeConfig, learner: LearnerConfig, sweep: SweepConfig, data: EpisodeData,
+        device: torch.device,
+    ) -> None:
+        self.learner, self.sweep, self.data, self.device = learner, sweep, data, device
+        self.pool = data.pool
+        e = episodes
+        self.val_episodes = EpisodeSampler(
+            self.pool, data.val_classes, e.ways, e.shots, e.queries, seed=mix_seed(e.seed, _VAL_STREAM), clips=data.val_clips,
+        ).sample(e.val_episodes)
+        self.test_episodes = EpisodeSampler(
+            self.pool, data.test_classes, e.ways, e.shots, e.queries, seed=e.seed, clips=data.test_clips
+        ).sample(e.test_episodes)
+
+    def features(self, model: PretrainedEncoder, descriptor: torch.Tensor | None) -> torch.Tensor:
+        """Features of every evaluation segment at one descriptor (None: a plain encoder), cached on disk per
+        (checkpoint, data, descriptor) when the data has a feature folder and the model a checkpoint."""
+        name = "plain" if descriptor is None else "-".join(f"{v:g}" for v in descriptor.tolist())
+        path = None
+        if self.data.feature_dir is not None and model.source is not None:
+            path = self.data.feature_dir / f"{model.fingerprint()}-{name}.npy"
+            if path.is_file():
+                return torch.from_numpy(np.load(path)).to(self.device)
+        start = descriptor.to(self.device) if descriptor is not None else None
+        table = feature_table(model, self.data.inputs, self.data.num_segments, start)
+        if path is not None:
+            with atomic_output(path) as tmp:
+                np.save(tmp, table.cpu().numpy())
+        return table
+
+    def evaluate(self, encoder: EpisodeEncoder, start: torch.Tensor) -> dict[str, Any]:
+        """Sweep on validation episodes, then score the best setting on test episodes."""
+        best: tuple[float, LearnerConfig] | None = None
+        for setting in self.sweep.settings(encoder.learns_invariance):
+            candidate = with_overrides(self.learner, **setting)
+            episodes = run_episodes(encoder, self.pool, self.val_episodes, candidate, start, self.device)
+            score = float(episodes.accuracy.mean())
+            log.info("validation: %s -> accuracy %.4f", ", ".join(f"{k} {v:g}" for k, v in setting.items()), score)
+            if best is None or score > best[0]:
+                best = (score, candidate)
+        assert best is not None
+        results = run_episodes(encoder, self.pool, self.test_episodes, best[1], start, self.device)
+        return episode_summary(results, best[0], best[1], encoder.learns_invariance)
+
+
+def episode_summary(results: EpisodeResults, val_accuracy: float, config: LearnerConfig, learned: bool) -> dict[str, Any]:
+    """Accuracy ± 95% CI over test episodes, the chosen setting, and (learned i) the mean and spread of i."""
+    accuracy = mean_ci(results.accuracy)
+    summary: dict[str, Any] = {
+        "accuracy": accuracy.mean, "ci95": accuracy.ci95, "episodes": accuracy.n, "val_accuracy": val_accuracy,
+        "lr": config.lr, "weight_decay": config.weight_decay, "mean_steps": float(results.steps.float().mean()),
+    }
+    if learned:
+        summary["invariance_lr"] = config.invariance_lr
+        summary["learned_i"] = results.descriptors.mean(0).tolist()
+        summary["learned_i_std"] = results.descriptors.std(0, correction=0).tolist()
+    return summary
+
+
+def evaluate_encoder(
+    evaluator: FewshotEvaluator, model: PretrainedEncoder, fixed: list[str], label: str, sklearn: bool = False
+) -> list[dict[str, Any]]:
+    """Rows for every readout of ``model`` (``label`` names it: "amortised", "baseline"): learned i and each fixed
+    descriptor for an amortised encoder, plain features for any other; optionally scikit-learn readouts too."""
+    rows: list[dict[str, Any]] = []
+    plans = readout_plans(
+        model, fixed, True, evaluator.learner.init, evaluator.data.inputs, lambda d: evaluator.features(model, d)
+    )
+    for plan in plans:
+        if plan.kind == "learned":
+            readout = "learned i"
+        elif plan.kind == "fixed":
+            readout = f"i = {descriptor_label(model.space, plan.descriptor)}"
+        else:
+            readout = "linear" if label == "baseline" else "fixed features"
+        start = plan.start if plan.start is not None else torch.zeros(model.space.dim)
+        row: dict[str, Any] = {"model": label if label == "baseline" or model.amortised else "plain", "readout": readout}
+        if label != "baseline":
+            row["descriptor"] = None if plan.descriptor is None else plan.descriptor.tolist()
+        rows.append({**row, **evaluator.evaluate(plan.encoder, start)})
+    if sklearn:
+        descriptor = next((plan.descriptor for plan in plans if plan.kind == "fixed"), None)
+        rows += sklearn_rows(evaluator, model, descriptor, rows[0]["model"])
+    return rows
+
+
+def sklearn_rows(
+    evaluator: FewshotEvaluator, model: PretrainedEncoder, descriptor: torch.Tensor | None, label: str
+) -> list[dict[str, Any]]:
+    """scikit-learn logistic regression and ridge readouts on the test episodes (features at ``descriptor``)."""
+    table = evaluator.features(model, descriptor)
+    rows = []
+    for kind in ("logistic", "ridge"):
+        accuracy = mean_ci(sklearn_accuracy(table, evaluator.pool, evaluator.test_episodes, kind))
+        readout = kind if descriptor is None else f"{kind}, i = {descriptor_label(model.space, descriptor)}"
+        rows.append({"model": label, "readout": readout, "accuracy": accuracy.mean, "ci95": accuracy.ci95, "episodes": accuracy.n})
+    return rows
+
+
+def descriptor_label(space: InvarianceSpace, descriptor: torch.Tensor) -> str:
+    """"all", "none", the active factors of a binary descriptor joined by '+', or the K numbers."""
+    if torch.all(descriptor == 1):
+        return "all"
+    if torch.all(descriptor == 0):
+        return "none"
+    if torch.all((descriptor == 0) | (descriptor == 1)):
+        return space.name_of(descriptor)
+    return ",".join(f"{v:g}" for v in descriptor.tolist())
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The rows as a Markdown table: accuracy ± 95% CI in percent, and the mean learned i per factor."""
+    factors = report["factors"]
+    header = ["model", "readout", "accuracy (%)", *factors]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in report["rows"]:
+        learned = row.get("learned_i")
+        cells = [f"{100 * v:.0f}" for v in learned] if learned else ["" for _ in factors]
+        accuracy = f"{100 * row['accuracy']:.2f} ± {100 * row['ci95']:.2f}"
+        lines.append("| " + " | ".join([row["model"], row["readout"], accuracy, *cells]) + " |")
+    return "\n".join(lines)
+
+
+def write_report(out_dir: Path, report: dict[str, Any], title: str) -> None:
+    """``results.json``, ``results.md`` and, when i was learned, ``learned_invariance.png`` (bars in percent)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "results.json", json.dumps(report, indent=2))
+    episodes = report["config"]["episodes"]
+    heading = (f"# Few-shot: {title}, {episodes['ways']}-way {episodes['shots']}-shot, "
+               f"{episodes['test_episodes']} test episodes\n\n")
+    atomic_write_text(out_dir / "results.md", heading + format_table(report) + "\n")
+    learned = [row["learned_i"] for row in report["rows"] if row.get("learned_i")]
+    if learned:
+        learned_invariance_bars({title: learned[0]}, report["factors"], out_dir / "learned_invariance.png")

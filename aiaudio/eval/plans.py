@@ -1,0 +1,62 @@
+"""Which readouts a frozen encoder gets: the learned descriptor, each fixed descriptor, or plain features.
+
+Shared by the many-shot readout and the few-shot evaluation, so both read out the same things the same way:
+
+* ``learned``: an amortised encoder whose descriptor ``i`` is learned (from ``init``) with the head;
+* ``fixed``: an amortised encoder at a fixed descriptor, features computed once;
+* ``plain``: an encoder without a descriptor (a baseline), features computed once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from aiaudio.config import ConfigError
+from aiaudio.engine.pretrained import PretrainedEncoder
+from aiaudio.eval.learner import AmortisedFeatures, EpisodeEncoder, FrozenFeatures, InputFn
+
+#: ``features_at(descriptor or None) -> [S, F]`` features of every evaluation row at one descriptor.
+FeatureTable = Callable[[torch.Tensor | None], torch.Tensor]
+
+
+@dataclass
+class ReadoutPlan:
+    """One readout: its kind (``learned``, ``fixed``, ``plain``), the fixed descriptor's text as configured, the
+    descriptor (fixed, or None), the learner's start for ``i`` and the encoder side."""
+
+    kind: str
+    text: str
+    descriptor: torch.Tensor | None
+    start: torch.Tensor | None
+    encoder: EpisodeEncoder
+
+
+def fixed_descriptor(model: PretrainedEncoder, text: str, position: int) -> torch.Tensor:
+    """Descriptor ``fixed[position]`` (``"all"``, ``"none"``, K numbers or every factor named); an error names it."""
+    try:
+        return model.descriptor(text)
+    except (ConfigError, KeyError, ValueError) as error:
+        raise ConfigError(f"fixed[{position}]: {text!r} is not a descriptor of {list(model.space.names)} ({error})") from None
+
+
+def readout_plans(
+    model: PretrainedEncoder, fixed: Sequence[str], learn: bool, init: float, inputs: InputFn, features_at: FeatureTable
+) -> list[ReadoutPlan]:
+    """The readouts of ``model``: learned (when ``learn``) and one per ``fixed`` text for an amortised encoder; one
+    plain readout for any other."""
+    if not model.amortised:
+        return [ReadoutPlan("plain", "", None, None, FrozenFeatures(features_at(None)))]
+    plans = []
+    if learn:
+        start = torch.full((model.space.dim,), float(init))
+        plans.append(ReadoutPlan("learned", "", None, start, AmortisedFeatures(model, inputs)))
+    for position, text in enumerate(fixed):
+        descriptor = fixed_descriptor(model, text, position)
+        table = features_at(descriptor.to(model.device))
+        plans.append(ReadoutPlan("fixed", text, descriptor, descriptor, FrozenFeatures(table)))
+    if not plans:
+        raise ConfigError("nothing to run: learn the invariance or give at least one fixed descriptor")
+    return plans

@@ -1,0 +1,102 @@
+"""A second modality on the core alone: a toy pretrains with SimCLR, MoCo-v2 and MoCo-v3, resumes exactly after a
+kill, loads from its encoder record, and runs few-shot episodes with a learned invariance."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from toy import DIM, FACTORS, ToyVectors, parts_builder, toy_config, toy_trainer
+
+from aiaudio.config import ConfigError
+from aiaudio.engine.checkpoint import latest_checkpoint
+from aiaudio.engine.pretrained import ENCODER_RECORD, load_encoder
+from aiaudio.engine.pretraining import run_pretraining
+from aiaudio.eval.episodes import SegmentPool
+from aiaudio.eval.fewshot import EpisodeConfig, EpisodeData, FewshotEvaluator, evaluate_encoder
+from aiaudio.eval.learner import LearnerConfig
+from aiaudio.eval.sweep import FewshotSweepConfig
+from aiaudio.methods.moco import MoCoV2
+
+
+def pretrain(run_dir: Path, method: str, dataset: ToyVectors | None = None, **trainer_changes) -> dict:
+    trainer = toy_trainer(**trainer_changes)
+    dataset = dataset if dataset is not None else ToyVectors()
+    return run_pretraining(run_dir, toy_config(method, trainer), trainer, parts_builder(method, trainer, dataset))
+
+
+@pytest.mark.parametrize("method", ["simclr", "mocov2", "mocov3"])
+def test_each_method_pretrains_and_writes_an_encoder_record(tmp_path: Path, method: str) -> None:
+    summary = pretrain(tmp_path / method, method)
+    checkpoint = latest_checkpoint(tmp_path / method)
+    assert summary["final_step"] == 8 and summary["items"] == 64 and checkpoint.name == "step_00000008"
+    record = json.loads((checkpoint / ENCODER_RECORD).read_text())
+    assert record["encoder"]["name"] == "toy_hyper_mlp" and record["encoder"]["weights_prefix"] == "method.encoder."
+    assert record["space"] == {"names": list(FACTORS), "min_active": 0} and record["amortised"] is True
+    encoder = load_encoder(tmp_path / method)
+    weights = load_file(str(checkpoint / "model.safetensors"))
+    torch.testing.assert_close(encoder.encoder.base.weight, weights["method.encoder.base.weight"], rtol=0, atol=0)
+    x = torch.randn(5, DIM)
+    assert encoder.embed(x, {"noise": 1, "scale": 1}).shape == (5, 16)
+    assert not torch.equal(encoder.embed(x, "noise=1,scale=1"), encoder.embed(x, "noise=0,scale=0"))
+    with pytest.raises(ConfigError, match="missing"):
+        encoder.embed(x, {"noise": 1})
+
+
+@pytest.mark.parametrize("method", ["mocov2", "mocov3", "simclr"])
+def test_a_killed_run_resumes_to_the_weights_and_queues_of_an_uninterrupted_one(tmp_path: Path, method: str) -> None:
+    pretrain(tmp_path / "whole", method)
+    with pytest.raises(RuntimeError, match="simulated kill"):  # dies while reading the batch of step 6 (of 8)
+        pretrain(tmp_path / "killed", method, ToyVectors(crash_after=8 * 5))
+    assert latest_checkpoint(tmp_path / "killed").name == "step_00000004"
+    summary = pretrain(tmp_path / "killed", method)
+    assert summary["start_step"] == 4
+    whole = load_file(str(latest_checkpoint(tmp_path / "whole") / "model.safetensors"))
+    resumed = load_file(str(latest_checkpoint(tmp_path / "killed") / "model.safetensors"))
+    assert whole.keys() == resumed.keys()
+    if method == "mocov2":
+        assert {"method.queue", "method.queue_ptr", "method.momentum_encoder.base.weight"} <= whole.keys()
+    for key in whole:
+        torch.testing.assert_close(resumed[key], whole[key], rtol=0, atol=0, msg=key)
+
+
+def test_moco_v2_queues_hold_only_keys_made_with_their_descriptor(tmp_path: Path) -> None:
+    """After a run, a queue's written slots are exactly as many as the keys its descriptor's steps produced."""
+    trainer = toy_trainer(steps=6, ckpt_every=6)
+    parts = parts_builder("mocov2", trainer, ToyVectors(), queue_size=64)(None)
+    method: MoCoV2 = parts.model.method
+    steps_per_row = torch.zeros(len(method.descriptors), dtype=torch.long)
+    for step in range(6):
+        descriptor = parts.model.descriptor(step)
+        steps_per_row[int(method.queue_index(descriptor))] += 1
+    initial = method.queue.clone()
+    run_pretraining(tmp_path, toy_config("mocov2", trainer), trainer, lambda info: parts)
+    written = (method.queue != initial).any(dim=2).sum(dim=1)
+    torch.testing.assert_close(written, steps_per_row * trainer.batch_size)
+    torch.testing.assert_close(method.queue_ptr, (steps_per_row * trainer.batch_size) % 64)
+
+
+def test_fewshot_episodes_learn_an_invariance_on_the_toy(tmp_path: Path) -> None:
+    pretrain(tmp_path / "run", "simclr", steps=30, ckpt_every=30)
+    encoder = load_encoder(tmp_path / "run")
+    data = ToyVectors(size=120, classes=12, seed=3)
+    inputs = data.items
+
+    def rows(segments: torch.Tensor) -> torch.Tensor:
+        return inputs[segments]
+
+    episode_data = EpisodeData(SegmentPool(data.labels), rows, len(inputs), list(range(6)), list(range(6, 12)))
+    evaluator = FewshotEvaluator(
+        EpisodeConfig(ways=3, shots=2, queries=2, test_episodes=24, val_episodes=8), LearnerConfig(steps=20),
+        FewshotSweepConfig(lrs=[0.05], invariance_lrs=[0.1]), episode_data, torch.device("cpu"),
+    )
+    rows_out = evaluate_encoder(evaluator, encoder, ["all", "none"], "amortised")
+    assert [row["readout"] for row in rows_out] == ["learned i", "i = all", "i = none"]
+    learned = rows_out[0]
+    assert learned["episodes"] == 24 and len(learned["learned_i"]) == 2
+    assert all(0.0 <= value <= 1.0 for value in learned["learned_i"])
+    assert learned["learned_i"] != [0.5, 0.5]  # the descriptor moved from its start
+    assert all(row["accuracy"] > 0.6 for row in rows_out)  # 3-way chance is 1/3; prototypes are far apart

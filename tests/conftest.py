@@ -62,7 +62,7 @@ def tiny_checkpoints(tiny_config_args, tmp_path_factory) -> dict[str, Path]:
     demo = load_yaml(REPO / "configs" / "audio" / "demo.yaml")
     extra = {
         "amortised": [],
-        "baseline": ["invariance.mode=fixed", "model.encoder=resnet18"],
+        "baseline": ["invariance.mode=fixed", "model.encoder=plain_resnet18"],
     }
     out = {}
     for name, overrides in extra.items():

@@ -36,6 +36,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import shutil
 import uuid
 from collections import Counter
@@ -320,19 +321,86 @@ def scaled_counts(counts: Sequence[int], num_classes: int) -> tuple[int, int, in
     return sizes[0], sizes[1], sizes[2]
 
 
+_NUMPY_RECONSTRUCT = np.empty(0).__reduce__()[0]  # numpy.(_)core.multiarray._reconstruct
+_NUMPY_SCALAR = np.str_().__reduce__()[0]  # numpy.(_)core.multiarray.scalar
+
+
+def _plain_scalar(dtype: np.dtype, *args: Any) -> Any:
+    """numpy's scalar rebuilder, for dtypes without Python objects only."""
+    if not isinstance(dtype, np.dtype) or dtype.hasobject:
+        raise pickle.UnpicklingError(f"it pickles a numpy scalar of dtype {dtype!r}; refusing to load it")
+    return _NUMPY_SCALAR(dtype, *args)
+
+
+#: The only globals a split file's pickle may name: what numpy needs to rebuild arrays (object arrays of lists,
+#: string arrays, numpy string scalars), under the module names of numpy 1.x and 2.x, and plain builtin types.
+_SPLIT_FILE_GLOBALS: dict[tuple[str, str], Any] = {
+    **{
+        (module, name): value
+        for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+        for name, value in (("_reconstruct", _NUMPY_RECONSTRUCT), ("scalar", _plain_scalar))
+    },
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    **{("builtins", kind.__name__): kind for kind in (list, tuple, str, bytes, int, float, bool)},
+}
+
+
+class _SplitFileUnpickler(pickle.Unpickler):
+    """An unpickler that resolves only :data:`_SPLIT_FILE_GLOBALS` and refuses every other global."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _SPLIT_FILE_GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(
+                f"it pickles {module}.{name}, which a class split file never needs (only numpy arrays, lists, "
+                "strings and numbers are read); refusing to load it"
+            ) from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise pickle.UnpicklingError("it holds a persistent reference; refusing to load it")
+
+
+def _read_split_array(path: Path) -> Any:
+    """The array in the ``.npy`` file ``path``; an object array is unpickled by :class:`_SplitFileUnpickler`.
+
+    Raises:
+        DatasetError: The file is not a readable ``.npy`` file, or its pickle names a global not allowed.
+    """
+    try:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            if version == (1, 0):
+                _, _, dtype = np.lib.format.read_array_header_1_0(handle)
+            elif version == (2, 0):
+                _, _, dtype = np.lib.format.read_array_header_2_0(handle)
+            else:
+                raise ValueError(f"unsupported .npy format version {version}")
+            if not dtype.hasobject:
+                handle.seek(0)
+                return np.lib.format.read_array(handle, allow_pickle=False)
+            return _SplitFileUnpickler(handle).load()
+    except pickle.UnpicklingError as error:
+        raise DatasetError(f"class split file {path} is not a plain MetaAudio split file: {error}") from error
+    except (OSError, ValueError, EOFError, TypeError, AttributeError, IndexError) as error:
+        raise DatasetError(f"{path} is not a readable NumPy file ({error})") from error
+
+
 def load_split_file(split_file: str | os.PathLike) -> tuple[list[str], list[str], list[str]]:
     """The train, val and test class lists of a MetaAudio split file (an object array of shape (3,)).
 
+    The file's pickled object array is read by a restricted unpickler (see :func:`_read_split_array`): nothing in
+    it is executed.
+
     Raises:
-        DatasetError: The file is missing, unreadable, not of shape (3,), or holds non-string names.
+        DatasetError: The file is missing, unreadable, not of shape (3,), holds non-string names, or pickles
+            anything but plain arrays, lists, strings and numbers.
     """
     path = Path(split_file)
     if not path.is_file():
         raise DatasetError(f"class split file {path} is missing")
-    try:
-        array = np.load(path, allow_pickle=True)
-    except (OSError, ValueError, EOFError) as error:
-        raise DatasetError(f"{path} is not a readable NumPy file ({error})") from error
+    array = _read_split_array(path)
     if not isinstance(array, np.ndarray) or array.shape != (3,):
         shape = array.shape if isinstance(array, np.ndarray) else type(array).__name__
         raise DatasetError(f"{path}: expected an array of 3 class lists (train, val, test), got shape {shape}")

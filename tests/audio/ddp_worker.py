@@ -17,7 +17,9 @@ from aiaudio.engine.checkpoint import unwrap
 from aiaudio.engine.distributed import init_distributed, cleanup
 from aiaudio.engine.trainer import Trainer
 from aiaudio.methods.losses import nt_xent
-from aiaudio.pretrain import CropDataset, build_pretrainer, open_cache, parse_config
+from aiaudio.audio.cache import CropDataset
+from aiaudio.audio.data import open_cache
+from aiaudio.pretrain import build_pretrainer, parse_config
 
 
 class RecordingViews(nn.Module):
@@ -38,7 +40,7 @@ def main(out: Path, config_path: str, overrides: list[str]) -> None:
     info = init_distributed("cpu")
     torch.manual_seed(0)
     dataset = CropDataset(open_cache(config.data), int(config.data.crop_seconds * config.data.sample_rate))
-    model = build_pretrainer(config)
+    model, _ = build_pretrainer(config)
     recorder = RecordingViews(model.views)
     model.views = recorder
     trainer = Trainer(model, dataset, config.trainer, Path(config.run_dir), {}, info)

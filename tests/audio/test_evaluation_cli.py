@@ -14,7 +14,7 @@ from conftest import aiaudio_command, REPO
 FEWSHOT_ARGS = [
     "data.name=synthetic", "data.label=family", "data.segment_seconds=1.0", "data.workers=0", "data.stats_clips=16",
     "episodes.ways=3", "episodes.shots=2", "episodes.queries=1", "episodes.test_episodes=12", "episodes.val_episodes=6",
-    "learner.steps=5", "learner.episodes_per_batch=6", "sweep.lr=[0.01]", "sweep.invariance_lr=[0.03,0.1]",
+    "learner.steps=5", "learner.episodes_per_batch=6", "sweep.lrs=[0.01]", "sweep.invariance_lrs=[0.03,0.1]",
     "sklearn=true", "device=cpu", "progress=false",
 ]
 
@@ -23,6 +23,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(aiaudio_command(*args), capture_output=True, text=True, timeout=600, cwd=REPO)
 
 
+@pytest.mark.slow
 def test_fewshot_end_to_end_on_synthetic_data(tiny_checkpoints, synthetic_root, tmp_path):
     out = tmp_path / "fewshot"
     result = _run(
@@ -63,6 +64,7 @@ def test_fewshot_errors_are_clear(tiny_checkpoints, tmp_path):
     assert result.returncode == 2 and "data.name" in result.stderr
 
 
+@pytest.mark.slow
 def test_measure_and_embed_end_to_end(tiny_checkpoints, synthetic_root, tmp_path):
     out = tmp_path / "measure"
     result = _run(
@@ -107,6 +109,7 @@ def _write_voxceleb1(root, speakers: int = 9, clips: int = 3) -> list[str]:
     return names
 
 
+@pytest.mark.slow
 def test_fewshot_on_a_metaaudio_layout_with_an_official_split_file(tiny_checkpoints, tmp_path):
     """VoxCeleb1 layout, variable-length clips (segments, majority vote), MetaAudio's split-file format."""
     root = tmp_path / "voxceleb1"
@@ -120,7 +123,7 @@ def test_fewshot_on_a_metaaudio_layout_with_an_official_split_file(tiny_checkpoi
         f"checkpoint={tiny_checkpoints['amortised']}", f"data.root={root}", f"data.split_file={tmp_path / 'split.npy'}",
         f"data.cache_dir={tmp_path / 'cache'}", "data.workers=0", f"out_dir={out}", "episodes.ways=3", "episodes.shots=1",
         "episodes.queries=1", "episodes.test_episodes=8", "episodes.val_episodes=4", "learner.steps=3",
-        "sweep.lr=[0.01]", "sweep.invariance_lr=[0.1]", "sklearn=false", "device=cpu", "progress=false",
+        "sweep.lrs=[0.01]", "sweep.invariance_lrs=[0.1]", "sklearn=false", "device=cpu", "progress=false",
     )
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "results.json").read_text())

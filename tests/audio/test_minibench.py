@@ -511,7 +511,7 @@ def test_run_end_to_end_on_tiny_sets(tmp_path, monkeypatch):
         ]),
         fewshot=run.FewshotStage(shots=[1, 2], overrides=[
             "episodes.ways=2", "episodes.test_episodes=4", "episodes.val_episodes=2", "learner.steps=1",
-            "learner.episodes_per_batch=4", "sweep.lr=[0.01]", "sweep.invariance_lr=[0.1]", "sklearn=false",
+            "learner.episodes_per_batch=4", "sweep.lrs=[0.01]", "sweep.invariance_lrs=[0.1]", "sklearn=false",
             "data.workers=0", "data.stats_clips=16", "device=cpu",
         ]),
         measure=run.MeasureStage(overrides=[

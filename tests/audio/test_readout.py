@@ -227,26 +227,36 @@ def tiny_checkpoint(tiny_config_args, tmp_path_factory) -> Path:
     return run_dir
 
 
-@pytest.fixture(scope="module")
-def tones(tmp_path_factory) -> Path:
-    """60 half-second tones in class folders (the frequency band) and ``tones.csv`` with ``path``, ``band``,
+def write_tones(root: Path, count: int) -> Path:
+    """``count`` half-second tones in class folders (the frequency band) and ``tones.csv`` with ``path``, ``band``,
     ``log2_hz`` (the regression target) and ``split`` (every fourth clip is a test clip)."""
-    root = tmp_path_factory.mktemp("tones")
     rng = np.random.default_rng(0)
     time_axis = np.arange(TONE_RATE // 2) / TONE_RATE
     rows = ["path,band,log2_hz,split"]
-    for index in range(60):
+    for index in range(count):
         band = index % 3
         low, high = TONE_BANDS[band]
         hertz = float(np.exp(rng.uniform(np.log(low), np.log(high))))
         wave = rng.uniform(0.1, 0.5) * np.sin(2 * np.pi * hertz * time_axis + rng.uniform(0, 2 * np.pi))
         wave = wave + 0.01 * rng.standard_normal(len(time_axis))
-        relative = f"band{band}/tone{index:02d}.wav"
+        relative = f"band{band}/tone{index:03d}.wav"
         (root / f"band{band}").mkdir(exist_ok=True)
         soundfile.write(root / relative, wave.astype(np.float32), TONE_RATE)
         rows.append(f"{relative},band{band},{np.log2(hertz):.6f},{'test' if index % 4 == 0 else 'train'}")
     (root / "tones.csv").write_text("\n".join(rows) + "\n")
     return root
+
+
+@pytest.fixture(scope="module")
+def tones(tmp_path_factory) -> Path:
+    """60 tones (see :func:`write_tones`)."""
+    return write_tones(tmp_path_factory.mktemp("tones"), 60)
+
+
+@pytest.fixture(scope="module")
+def many_tones(tmp_path_factory) -> Path:
+    """160 tones: 40 test clips, enough for a stable R2 of a nearly random encoder (see the regression test)."""
+    return write_tones(tmp_path_factory.mktemp("many_tones"), 160)
 
 
 def _readout_config(checkpoint: Path, out_dir: Path, data: dict) -> dict:
@@ -260,7 +270,7 @@ def _readout_config(checkpoint: Path, out_dir: Path, data: dict) -> dict:
 
 
 @pytest.mark.slow
-def test_readout_end_to_end_on_tones(tiny_checkpoint, tones, tmp_path):
+def test_readout_end_to_end_on_tones(tiny_checkpoint, tones, many_tones, tmp_path):
     from aiaudio.readout import parse_readout_config, run_readout
 
     classification = parse_readout_config(_readout_config(tiny_checkpoint, tmp_path / "bands", {"root": tones}))
@@ -285,19 +295,20 @@ def test_readout_end_to_end_on_tones(tiny_checkpoint, tones, tmp_path):
     assert "| learned |" in markdown and "| fixed:all |" in markdown
 
     regression = parse_readout_config(_readout_config(tiny_checkpoint, tmp_path / "pitch", {
-        "format": "csv", "csv": tones / "tones.csv", "task": "regression", "target_columns": "[log2_hz]",
+        "format": "csv", "csv": many_tones / "tones.csv", "task": "regression", "target_columns": "[log2_hz]",
         "split_column": "split", "variable_length": "true",
     }))
     regression.sweep.lrs = [0.1]
     summary = run_readout(regression)
     report = json.loads((tmp_path / "pitch" / "results.json").read_text())
-    assert report["metric"] == "r2" and report["data"]["test_clips"] == 15  # the split column's test rows
-    # A two-step encoder is nearly random, and 15 test clips are few: over pretraining seeds 0-5 the learned
-    # readout's test R2 ranged from 0.07 to 0.76 (validation 0.68-0.91), so each readout is held to beating the
-    # training mean (R2 0) on the test clips and to fitting its validation clips; the best one to more.
-    assert max(result["test_score"] for result in summary["readouts"].values()) > 0.35
+    assert report["metric"] == "r2" and report["data"]["test_clips"] == 40  # the split column's test rows
+    # A two-step encoder is nearly random. With 15 test clips (60 tones) the learned readout's test R2 ranged from
+    # -0.02 to 0.81 over pretraining seeds 0-5 (-0.02 on an AVX-512 machine at seed 0). With 40 test clips it ranged
+    # 0.81-0.96 (learned) and 0.65-0.95 (fixed, all on), validation 0.78-0.95, so the bounds sit well below the
+    # lowest measured value.
+    assert max(result["test_score"] for result in summary["readouts"].values()) > 0.6
     for name, result in summary["readouts"].items():
-        assert result["test_score"] > 0.0 and result["val_score"] > 0.5, (name, result)
+        assert result["test_score"] > 0.3 and result["val_score"] > 0.5, (name, result)
 
 
 def test_readout_config_errors_name_the_key(tmp_path):
@@ -313,4 +324,6 @@ def test_readout_config_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match="checkpoint is not set"):
         parse_readout_config(apply_overrides(raw, ["checkpoint=null"]))
     example = yaml.safe_load((REPO / "configs" / "audio" / "readout_example.yaml").read_text())
-    assert parse_readout_config({**example, "checkpoint": "run", "data": {**example["data"], "root": "x"}})
+    assert parse_readout_config({**example, "checkpoint": "run", "data": {**example["data"], "root": str(tmp_path)}})
+    with pytest.raises(ConfigError, match="data.root=.*missing is not a directory"):
+        parse_readout_config({**example, "checkpoint": "run", "data": {**example["data"], "root": str(tmp_path / "missing")}})

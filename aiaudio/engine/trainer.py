@@ -123,10 +123,16 @@ class TrainerConfig:
         return self.channels_last is True or (self.channels_last == "auto" and device.type == "cuda")
 
 
+#: A logged metric below this means the embeddings are constant across the batch: the trainer warns of a collapse.
+COLLAPSE_STD = 1e-4
+
+
 class TrainingModule(nn.Module):
     """What the trainer trains: ``forward(batch, step) -> {"loss": scalar, ...}`` plus the hooks below.
 
-    Every other entry of the returned dict is averaged over the logging window and logged.
+    Every other entry of the returned dict is averaged over the logging window and logged. An ``"embedding_std"``
+    entry (the spread of normalised embeddings across the batch) below :data:`COLLAPSE_STD` is reported as a
+    representation collapse.
     """
 
     def after_step(self, step: int, total_steps: int) -> None:
@@ -143,6 +149,10 @@ class TrainingModule(nn.Module):
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class NonFiniteStateError(NonFiniteLossError):
+    """A parameter or buffer (a BatchNorm statistic, a queue) became NaN or infinite; nothing non-finite is saved."""
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
@@ -324,10 +334,13 @@ class Trainer:
                     metrics.write(done, values)
                     summary["last_loss"] = values["loss"]
                     progress.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}")
+                    self._warn_if_collapsed(values, done)
                     window_loss.zero_()
                     window_extra = {}
                     window_steps = 0
                     window_start = time.perf_counter()
+                if at_ckpt:
+                    self._raise_if_state_non_finite(done)
                 if at_ckpt and self.dist.is_main:
                     summary["checkpoint"] = str(self._save(done))
                 if at_ckpt and self.dist.distributed:
@@ -338,6 +351,33 @@ class Trainer:
             metrics.close()
         summary["final_step"] = step + 1
         return summary
+
+    def _raise_if_state_non_finite(self, done: int) -> None:
+        """Stop before a checkpoint that would hold a NaN or infinite parameter or buffer (checked on every rank)."""
+        tensors = [(name, t) for name, t in self.model.state_dict().items() if t.is_floating_point()]
+        finite = torch.stack([torch.isfinite(t).all() for _, t in tensors]) if tensors else torch.ones(0, dtype=torch.bool)
+        bad = (~finite).to(torch.int32)
+        if self.dist.distributed:
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        if not bool(bad.any()):
+            return
+        names = [name for (name, _), flag in zip(tensors, bad.tolist()) if flag]
+        last = latest_checkpoint(self.run_dir)
+        raise NonFiniteStateError(
+            f"after step {done}, {len(names)} parameter(s)/buffer(s) are NaN or infinite ({', '.join(names[:5])}"
+            f"{', ...' if len(names) > 5 else ''}); stopped without saving. Last good checkpoint: "
+            f"{last if last else 'none (no checkpoint was written yet)'}. The run diverged: try a lower trainer.lr, "
+            "a longer trainer.warmup_steps or trainer.grad_clip."
+        )
+
+    def _warn_if_collapsed(self, values: dict[str, Any], done: int) -> None:
+        spread = values.get("embedding_std")
+        if spread is not None and spread < COLLAPSE_STD and self.dist.is_main:
+            log.warning(
+                "representation collapse at step %d: the embeddings are constant across the batch (spread %.2e, loss "
+                "%.4f); the encoder has stopped learning. Try a lower trainer.lr or a longer trainer.warmup_steps.",
+                done, spread, values["loss"],
+            )
 
     def _raise_if_non_finite(self, first_bad: torch.Tensor) -> None:
         bad = first_bad.clone()

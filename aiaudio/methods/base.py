@@ -22,6 +22,13 @@ class ContrastiveMethod(nn.Module):
         """Called once after the optimiser step of training step ``step`` (0-based) of ``total_steps``."""
 
 
+def embedding_spread(z: torch.Tensor) -> torch.Tensor:
+    """The spread of L2-normalised embeddings ``[B, D]`` across the batch (mean over dims of the std); near 0 when
+    every example maps to the same embedding (a collapse). No gradient."""
+    with torch.no_grad():
+        return torch.nn.functional.normalize(z.detach().float(), dim=1).std(dim=0, correction=0).mean()
+
+
 def momentum_copy(module: nn.Module) -> nn.Module:
     """A frozen copy of ``module`` to be updated as an exponential moving average of it."""
     twin = copy.deepcopy(module)

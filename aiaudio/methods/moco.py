@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from aiaudio.engine.distributed import gather_no_grad
-from aiaudio.methods.base import ContrastiveMethod, ema_update, momentum_copy
+from aiaudio.methods.base import ContrastiveMethod, ema_update, embedding_spread, momentum_copy
 from aiaudio.methods.losses import moco_infonce, moco_v3_contrastive
 
 
@@ -81,7 +81,7 @@ class MoCoV2(ContrastiveMethod):
         self._pending = (index, gather_no_grad(keys))
         with torch.no_grad():
             alignment = F.cosine_similarity(q.float(), k.float(), dim=1).mean()
-        return {"loss": loss, "alignment": alignment}
+        return {"loss": loss, "alignment": alignment, "embedding_std": embedding_spread(q)}
 
     @torch.no_grad()
     def after_step(self, step: int, total_steps: int) -> None:
@@ -136,7 +136,7 @@ class MoCoV3(ContrastiveMethod):
         )
         with torch.no_grad():
             alignment = F.cosine_similarity(q1.float(), k2.float(), dim=1).mean()
-        return {"loss": loss, "alignment": alignment}
+        return {"loss": loss, "alignment": alignment, "embedding_std": embedding_spread(q1)}
 
     @torch.no_grad()
     def after_step(self, step: int, total_steps: int) -> None:

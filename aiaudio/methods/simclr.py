@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from aiaudio.methods.base import ContrastiveMethod
+from aiaudio.methods.base import ContrastiveMethod, embedding_spread
 from aiaudio.methods.losses import nt_xent
 
 
@@ -39,4 +39,4 @@ class SimCLR(ContrastiveMethod):
         loss = nt_xent(z1, z2, self.temperature, gather=self.gather)
         with torch.no_grad():
             alignment = nn.functional.cosine_similarity(z1.float(), z2.float(), dim=1).mean()
-        return {"loss": loss, "alignment": alignment}
+        return {"loss": loss, "alignment": alignment, "embedding_std": embedding_spread(z1)}

@@ -4,30 +4,42 @@ Layout of a cache folder:
 
 - ``waves.int16``: all clips back to back, raw little-endian int16 (``np.memmap``-able).
 - ``index.npz``: per clip ``keys``, ``paths``, ``offsets`` and ``lengths`` (in samples), and the labels as a flat
-  ``label_values`` array split by ``label_counts``.
+  ``label_values`` array split by ``label_counts``; per entry given to the build (failed ones included, in order)
+  ``source_signatures``, the file's ``(size, mtime_ns)`` when the build began (``(-1, -1)``: could not be stat'ed).
 - ``meta.json``: sample rate, clip and sample counts, source description, creation time, format version and a
   fingerprint of the entries it was built from.
 - ``failures.tsv``: ``path<TAB>reason`` for every file that could not be read (these clips are left out).
 
 :func:`build_cache` writes everything into a temporary sibling folder and renames it into place at the end, so an
-interrupted build never leaves a folder that opens as a cache. :class:`WaveformCache` reads it;
+interrupted build never leaves a folder that opens as a cache. A later build with the same entries is skipped only
+while every file still has its recorded size and modification time; a changed, replaced, repaired or deleted file
+(or a cache without these records) makes it decode everything again. :class:`WaveformCache` reads it;
 :class:`CropDataset` serves reproducible fixed-length random crops from it.
+
+Decoding in worker processes is bounded: a file that takes longer than ``file_timeout`` seconds (a read blocked on a
+hung network mount) has its worker killed, and a worker that dies (e.g. killed by the out-of-memory killer) is
+replaced; either way the file is recorded as a failure, by name, and the build goes on. A FIFO, socket or device is
+refused without being opened, also when decoding in this process.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import multiprocessing
 import operator
 import os
 import shutil
+import signal
+import stat
 import time
+import traceback
 import uuid
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +56,10 @@ INDEX_FILE = "index.npz"
 META_FILE = "meta.json"
 FAILURES_FILE = "failures.tsv"
 _PARTIAL_MARKER = ".partial-"
+#: Seconds a worker process may spend on one file before it is killed and the file counted as unreadable.
+DEFAULT_FILE_TIMEOUT = 60.0
+#: Decoded clips a worker pool may hold ahead of the one written next, per worker.
+_RESULTS_AHEAD_PER_WORKER = 4
 
 
 class CacheError(ValueError):
@@ -78,6 +94,7 @@ class CacheReport:
         failures: ``(path, reason)`` for every entry that could not be read.
         skipped: True when an up-to-date cache was already there and nothing was decoded.
         seconds: Wall time of the call.
+        rebuilt_because: Why a cache of the same entries was decoded again (files changed); empty otherwise.
     """
 
     out_dir: Path
@@ -88,6 +105,7 @@ class CacheReport:
     failures: list[tuple[str, str]]
     skipped: bool
     seconds: float
+    rebuilt_because: str = ""
 
     @property
     def num_failed(self) -> int:
@@ -98,6 +116,8 @@ class CacheReport:
         """One line with the counts."""
         hours = self.total_samples / self.sample_rate / 3600.0
         state = "up to date, nothing decoded" if self.skipped else f"built in {self.seconds:.1f} s"
+        if self.rebuilt_because:
+            state += f" (rebuilt: {self.rebuilt_because})"
         text = (
             f"waveform cache {self.out_dir}: {self.num_clips} of {self.num_entries} clips "
             f"({hours:.2f} h at {self.sample_rate} Hz), {self.num_failed} unreadable; {state}"
@@ -115,12 +135,15 @@ def build_cache(
     progress: bool = True,
     overwrite: bool = False,
     source: str = "",
+    file_timeout: float | None = DEFAULT_FILE_TIMEOUT,
 ) -> CacheReport:
     """Decode ``entries`` once into a waveform cache at ``out_dir``.
 
-    Files are decoded in parallel (order kept) and streamed to disk; unreadable files are recorded in
+    Files are decoded in parallel (order kept) and streamed to disk; unreadable files (including a file whose
+    decoding exceeds ``file_timeout`` or kills its worker, and any FIFO, socket or device) are recorded in
     ``failures.tsv`` and the report, not raised. If ``out_dir`` already holds a cache built from the same entries
-    (keys and labels) at the same rate, nothing is done unless ``overwrite`` is set.
+    (keys and labels) at the same rate, nothing is done unless ``overwrite`` is set or a file's size or modification
+    time differs from the one recorded at build time (then the cache is rebuilt).
 
     Args:
         entries: The clips, with unique keys.
@@ -130,6 +153,8 @@ def build_cache(
         progress: Show a progress bar (on stderr).
         overwrite: Rebuild even if an up-to-date cache is present, or replace a cache of other entries.
         source: Free-text description of the data source, stored in ``meta.json``.
+        file_timeout: Seconds a worker process may spend on one file (None: no limit). Decoding in this process
+            (``workers`` 0 or 1) cannot be interrupted and has no limit.
 
     Returns:
         The :class:`CacheReport`; ``report.summary()`` is a one-line account of the counts.
@@ -141,11 +166,22 @@ def build_cache(
     out_dir = Path(out_dir)
     entries = list(entries)
     _check_unique_keys(entries)
+    if file_timeout is not None and not file_timeout > 0:
+        raise ValueError(f"file_timeout must be positive or None, got {file_timeout}")
     fingerprint = _fingerprint(entries, sample_rate)
+    signatures = np.array([_file_signature(entry.path) for entry in entries], dtype=np.int64).reshape(-1, 2)
 
     existing = _existing_cache(out_dir, overwrite)
+    stale = ""
     if existing is not None and not overwrite:
-        if existing.meta.get("entries_fingerprint") == fingerprint:
+        if existing.meta.get("entries_fingerprint") != fingerprint:
+            raise CacheError(
+                f"{out_dir} already holds a waveform cache built from other entries or another sample rate; "
+                "pass overwrite=True to replace it (or delete the folder and run `aiaudio cache` again), "
+                "or choose another folder"
+            )
+        stale = _stale_reason(out_dir, entries, signatures)
+        if not stale:
             return CacheReport(
                 out_dir=out_dir,
                 num_entries=len(entries),
@@ -156,11 +192,6 @@ def build_cache(
                 skipped=True,
                 seconds=time.perf_counter() - started,
             )
-        raise CacheError(
-            f"{out_dir} already holds a waveform cache built from other entries or another sample rate; "
-            "pass overwrite=True to replace it (or delete the folder and run `aiaudio cache` again), "
-            "or choose another folder"
-        )
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_partials(out_dir)
@@ -168,7 +199,7 @@ def build_cache(
     partial_dir.mkdir()
     try:
         num_clips, total_samples, failures = _write_cache_files(
-            entries, partial_dir, sample_rate, workers, progress, source, fingerprint
+            entries, signatures, partial_dir, sample_rate, workers, file_timeout, progress, source, fingerprint
         )
         publish_directory(partial_dir, out_dir)
     finally:
@@ -184,6 +215,7 @@ def build_cache(
         failures=failures,
         skipped=False,
         seconds=time.perf_counter() - started,
+        rebuilt_because=stale,
     )
 
 
@@ -203,6 +235,30 @@ def _fingerprint(entries: list[ClipEntry], sample_rate: int) -> str:
         digest.update(json.dumps([entry.key, list(entry.labels)]).encode())
         digest.update(b"\n")
     return digest.hexdigest()
+
+
+def _file_signature(path: str | os.PathLike) -> tuple[int, int]:
+    """``(size, mtime_ns)`` of ``path``, or ``(-1, -1)`` when it cannot be stat'ed (e.g. missing)."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return -1, -1
+    return status.st_size, status.st_mtime_ns
+
+
+def _stale_reason(out_dir: Path, entries: list[ClipEntry], signatures: np.ndarray) -> str:
+    """Why the cache at ``out_dir`` (built from ``entries``) no longer matches their files; empty when it does."""
+    try:
+        with np.load(out_dir / INDEX_FILE, allow_pickle=False) as index:
+            recorded = index["source_signatures"] if "source_signatures" in index.files else None
+    except (OSError, ValueError) as error:
+        return f"its {INDEX_FILE} is unreadable ({error})"
+    if recorded is None or recorded.shape != signatures.shape:
+        return "it records no file sizes and modification times (built by an older version)"
+    changed = np.flatnonzero((recorded != signatures).any(axis=1))
+    if changed.size == 0:
+        return ""
+    return f"{changed.size} file(s) changed since it was built, e.g. {entries[int(changed[0])].path}"
 
 
 def _existing_cache(out_dir: Path, overwrite: bool) -> WaveformCache | None:
@@ -240,35 +296,180 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+def _decode_file(path: str, sample_rate: int) -> tuple[np.ndarray | None, str]:
+    """:func:`try_read_int16` of ``path``; a FIFO, socket or device is refused without being opened (it could block
+    forever)."""
+    try:
+        mode: int | None = os.stat(path).st_mode
+    except OSError:
+        mode = None  # missing or not stat-able: try_read_int16 names the problem
+    if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        return None, "not a regular file (a FIFO, socket or device), so not an audio file; not opened"
+    return try_read_int16(path, sample_rate)
+
+
+def _decode_worker(connection: Connection, sample_rate: int) -> None:
+    """Worker loop: decode each path received on ``connection`` and send the result back; None or EOF ends it.
+
+    An unexpected exception is sent back as its traceback text (the build raises it); Ctrl-C is left to the parent.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    while True:
+        try:
+            path = connection.recv()
+        except (EOFError, OSError):
+            return
+        if path is None:
+            return
+        try:
+            result: tuple[np.ndarray | None, str] | str = _decode_file(path, sample_rate)
+        except Exception:  # noqa: BLE001 - handed to the parent, which raises it
+            result = traceback.format_exc()
+        connection.send(result)
+
+
+@dataclasses.dataclass
+class _Worker:
+    """One decoding process, its end of the pipe, and the entry it is decoding (index, start time)."""
+
+    process: BaseProcess
+    connection: Connection
+    task: int | None = None
+    started: float = 0.0
+
+    def stop(self) -> None:
+        """Kill the process (if still running) and release its pipe."""
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(timeout=10)
+        self.connection.close()
+
+
+def _death(exitcode: int | None) -> str:
+    """How a worker process ended, in words."""
+    if exitcode is not None and exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}, e.g. by the out-of-memory killer"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exited with status {exitcode}"
+
+
 def _decoded(
-    entries: list[ClipEntry], sample_rate: int, workers: int | None
+    entries: list[ClipEntry], sample_rate: int, workers: int | None, file_timeout: float | None
 ) -> Iterator[tuple[np.ndarray | None, str]]:
-    """Yield ``try_read_int16`` results for ``entries`` in order, decoding in a process pool when asked."""
+    """Yield ``try_read_int16`` results for ``entries`` in order, decoding in worker processes when asked.
+
+    Each worker decodes one file at a time; a worker that dies or exceeds ``file_timeout`` on a file is replaced and
+    the file yields ``(None, reason)``. At most a few results per worker are held ahead of the next one yielded.
+    """
     paths = [str(entry.path) for entry in entries]
-    decode = functools.partial(try_read_int16, sample_rate=sample_rate)
     if workers is None:
         workers = os.cpu_count() or 1
     workers = min(workers, len(paths))
     if workers <= 1:
-        yield from map(decode, paths)
+        for path in paths:
+            yield _decode_file(path, sample_rate)
         return
-    chunksize = max(1, min(32, len(paths) // (workers * 8)))
     # fork: workers start at once, without re-importing torch; they only run numpy, soundfile and soxr code.
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    with multiprocessing.get_context(method).Pool(workers) as pool:
-        yield from pool.imap(decode, paths, chunksize=chunksize)
+    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+
+    def start() -> _Worker:
+        ours, theirs = context.Pipe(duplex=True)
+        process = context.Process(target=_decode_worker, args=(theirs, sample_rate), daemon=True)
+        process.start()
+        theirs.close()  # the worker holds the only other end, so its death reads as EOF here
+        return _Worker(process, ours)
+
+    pool: list[_Worker | None] = [None] * workers
+    results: dict[int, tuple[np.ndarray | None, str]] = {}
+    next_task = next_out = 0
+    window = workers * _RESULTS_AHEAD_PER_WORKER
+    try:
+        while next_out < len(paths):
+            if next_out in results:
+                yield results.pop(next_out)
+                next_out += 1
+                continue
+            for slot, worker in enumerate(pool):
+                if next_task >= min(len(paths), next_out + window):
+                    break
+                if worker is not None and worker.task is not None:
+                    continue
+                if worker is None or not worker.process.is_alive():
+                    if worker is not None:
+                        worker.stop()
+                    worker = pool[slot] = start()
+                try:
+                    worker.connection.send(paths[next_task])
+                except OSError:  # died since the check; the next round starts another
+                    worker.stop()
+                    pool[slot] = None
+                    continue
+                worker.task, worker.started = next_task, time.monotonic()
+                next_task += 1
+            busy = [worker for worker in pool if worker is not None and worker.task is not None]
+            if not busy:
+                continue
+            timeout = None
+            if file_timeout is not None:
+                timeout = max(0.0, min(worker.started + file_timeout for worker in busy) - time.monotonic())
+            ready = set(wait([w.connection for w in busy] + [w.process.sentinel for w in busy], timeout))
+            for slot, worker in enumerate(pool):
+                if worker is None or worker.task is None:
+                    continue
+                task = worker.task
+                if worker.connection in ready or worker.process.sentinel in ready:
+                    try:
+                        result = worker.connection.recv() if worker.connection.poll() else None
+                    except (EOFError, OSError):  # died mid-message
+                        result = None
+                    if result is None:
+                        worker.process.join(timeout=10)
+                        death = _death(worker.process.exitcode)
+                        results[task] = (None, f"the decoding worker died on this file ({death})")
+                        worker.stop()
+                        pool[slot] = None
+                        continue
+                    if isinstance(result, str):
+                        raise RuntimeError(f"decoding {paths[task]} raised an unexpected error in a worker:\n{result}")
+                    results[task] = result
+                    worker.task = None
+                elif file_timeout is not None and time.monotonic() - worker.started >= file_timeout:
+                    results[task] = (
+                        None,
+                        f"decoding did not finish within {file_timeout:g} s (a blocked read, e.g. a hung network "
+                        "mount?); its worker was stopped",
+                    )
+                    worker.stop()
+                    pool[slot] = None
+    finally:
+        for worker in pool:
+            if worker is not None and worker.task is None:
+                try:
+                    worker.connection.send(None)
+                    worker.process.join(timeout=5)
+                except OSError:
+                    pass
+            if worker is not None:
+                worker.stop()
 
 
 def _write_cache_files(
     entries: list[ClipEntry],
+    signatures: np.ndarray,
     folder: Path,
     sample_rate: int,
     workers: int | None,
+    file_timeout: float | None,
     progress: bool,
     source: str,
     fingerprint: str,
 ) -> tuple[int, int, list[tuple[str, str]]]:
-    """Decode and write every cache file into ``folder``; ``meta.json`` is written last."""
+    """Decode and write every cache file into ``folder``; ``meta.json`` is written last.
+
+    ``signatures`` (``[len(entries), 2]``: size, mtime_ns, taken before decoding) go into the index, so a later build
+    notices files changed since."""
     keys: list[str] = []
     paths: list[str] = []
     offsets: list[int] = []
@@ -279,7 +480,7 @@ def _write_cache_files(
     total = 0
     bar = tqdm(total=len(entries), disable=not progress, unit="clip", desc="decoding", dynamic_ncols=True)
     with open(folder / WAVES_FILE, "wb") as waves:
-        for entry, (wave, reason) in zip(entries, _decoded(entries, sample_rate, workers)):
+        for entry, (wave, reason) in zip(entries, _decoded(entries, sample_rate, workers, file_timeout)):
             bar.update(1)
             if wave is None:
                 failures.append((str(entry.path), reason))
@@ -304,6 +505,7 @@ def _write_cache_files(
         lengths=np.array(lengths, dtype=np.int64),
         label_values=np.array(label_values, dtype=str),
         label_counts=np.array(label_counts, dtype=np.int64),
+        source_signatures=signatures,
     )
     with open(folder / FAILURES_FILE, "w", encoding="utf-8") as table:
         table.write("path\treason\n")

@@ -94,19 +94,31 @@ def test_build_counts_failures_and_round_trips_readable_clips(tmp_path, fixture_
 
 
 def test_interrupted_build_never_looks_like_a_cache(tmp_path, fixture_entries):
-    """A build killed mid-way (blocked reading a FIFO, then SIGKILLed) leaves nothing that opens as a cache."""
+    """A build killed mid-way (blocked in decoding one file, then SIGKILLed) leaves nothing that opens as a cache.
+
+    A FIFO itself is refused without being opened, so the child blocks by reading a FIFO (the gate) from a wrapped
+    decoder when it reaches the entry ``blocking.wav``, a regular file.
+    """
     _, readable, _ = fixture_entries
-    fifo = tmp_path / "audio" / "blocking.wav"
+    fifo = tmp_path / "gate"
     os.mkfifo(fifo)
-    entries = readable[:2] + [ClipEntry("blocking", fifo, ())] + readable[2:]
+    blocking = tmp_path / "audio" / "blocking.wav"
+    blocking.write_bytes(readable[0].path.read_bytes())
+    entries = readable[:2] + [ClipEntry("blocking", blocking, ())] + readable[2:]
     out = tmp_path / "cache"
     script = (
         "import pickle, sys\n"
-        "from aiaudio.audio.cache import build_cache\n"
-        "build_cache(pickle.load(sys.stdin.buffer), sys.argv[1], workers=0, progress=False)\n"
+        "import aiaudio.audio.cache as cache\n"
+        "decode = cache.try_read_int16\n"
+        "def gated(path, sample_rate=16000):\n"
+        "    if str(path).endswith('blocking.wav'):\n"
+        "        open(sys.argv[2], 'rb').read()\n"
+        "    return decode(path, sample_rate)\n"
+        "cache.try_read_int16 = gated\n"
+        "cache.build_cache(pickle.load(sys.stdin.buffer), sys.argv[1], workers=0, progress=False)\n"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
-    child = subprocess.Popen([sys.executable, "-c", script, str(out)], stdin=subprocess.PIPE, env=env)
+    child = subprocess.Popen([sys.executable, "-c", script, str(out), str(fifo)], stdin=subprocess.PIPE, env=env)
     writer_fd = None
     try:
         child.stdin.write(pickle.dumps(entries))

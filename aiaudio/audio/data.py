@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiaudio.audio.cache import CacheReport, ClipEntry, WaveformCache, build_cache
+from aiaudio.audio.cache import DEFAULT_FILE_TIMEOUT, CacheReport, ClipEntry, WaveformCache, build_cache
 from aiaudio.audio.datasets import folder_entries, fsd50k_entries
 from aiaudio.config import ConfigError, require_directory
 
@@ -28,6 +28,8 @@ class DataConfig:
     ``format``: "fsd50k" (the official layout under ``root``) or "folder" (every audio file under ``root``).
     ``cache_dir``: the waveform cache; by default ``$AIAUDIO_CACHE`` (or ``~/.cache/aiaudio``) plus a name derived
     from the format, split, rate and the absolute root.
+    ``file_timeout``: seconds one file may take to decode in a worker before it is counted as unreadable (null: no
+    limit).
     """
 
     root: str | None = None
@@ -37,12 +39,15 @@ class DataConfig:
     sample_rate: int = 16000
     crop_seconds: float = 5.0
     cache_workers: int | None = None
+    file_timeout: float | None = DEFAULT_FILE_TIMEOUT
 
     def __post_init__(self) -> None:
         if self.format not in ("fsd50k", "folder"):
             raise ValueError(f"data.format must be fsd50k or folder, got {self.format!r}")
         if self.crop_seconds <= 0:
             raise ValueError(f"data.crop_seconds must be positive, got {self.crop_seconds}")
+        if self.file_timeout is not None and not self.file_timeout > 0:
+            raise ValueError(f"data.file_timeout must be positive seconds (or null), got {self.file_timeout}")
 
     def resolved_cache_dir(self) -> Path:
         if self.cache_dir:
@@ -66,6 +71,7 @@ def cache_data(data: DataConfig, progress: bool = True, overwrite: bool = False)
     return build_cache(
         cache_entries(data), data.resolved_cache_dir(), sample_rate=data.sample_rate, workers=data.cache_workers,
         progress=progress, overwrite=overwrite, source=f"{data.format}:{data.root}:{data.split}",
+        file_timeout=data.file_timeout,
     )
 
 

@@ -40,7 +40,7 @@ _STATS_STREAM = 4  # stream id for the clips used to estimate the normalisation 
 IN_CHANS = 1  # a log-mel spectrogram is one channel
 
 #: Keys that may change when a run resumes: the core's, and the number of cache decoding workers.
-RESUME_SAFE_KEYS: tuple[str, ...] = (*CORE_RESUME_SAFE_KEYS, "data.cache_workers")
+RESUME_SAFE_KEYS: tuple[str, ...] = (*CORE_RESUME_SAFE_KEYS, "data.cache_workers", "data.file_timeout")
 
 
 @dataclass

@@ -1,0 +1,70 @@
+"""Record an ``aiaudio demo`` run's figures as JSON: accuracy and interval per task and readout, learned i, machine.
+
+    aiaudio demo --out runs/demo
+    python benchmarks/record_demo.py runs/demo benchmarks/results/demo_<machine>.json
+
+The demo's figures depend on the CPU's SIMD path (see the README), so each file names the machine and its
+``torch.backends.cpu.get_cpu_capability()``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine_info  # noqa: E402
+
+
+def commit() -> str:
+    done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent)
+    return done.stdout.strip() or "unknown"
+
+
+def record(demo_dir: Path) -> dict:
+    tasks = {}
+    for results in sorted((demo_dir / "fewshot").glob("*/results.json")):
+        report = json.loads(results.read_text(encoding="utf-8"))
+        rows = {f"{row['model']}: {row['readout']}": {key: row[key] for key in ("accuracy", "ci95", "episodes")}
+                for row in report["rows"]}
+        learned = next((row["learned_i"] for row in report["rows"] if row.get("learned_i")), None)
+        tasks[results.parent.name] = {"rows": rows, "learned_i": dict(zip(report["factors"], learned or []))}
+        config = report["config"]
+    if not tasks:
+        raise SystemExit(f"{demo_dir} holds no fewshot/*/results.json: run `aiaudio demo --out {demo_dir}` first")
+    pretrain = yaml_config(demo_dir / "ai_simclr" / "config.yaml")
+    return {
+        "benchmark": "demo",
+        "command": f"aiaudio demo --out {demo_dir}",
+        "commit": commit(),
+        "machine": {**machine_info(torch.device("cpu")), "cpu_capability": torch.backends.cpu.get_cpu_capability()},
+        "seeds": {"pretraining": pretrain["trainer"]["seed"], "episodes": config["episodes"]["seed"]},
+        "config": {"pretraining": pretrain, "episodes": config["episodes"], "learner": config["learner"]},
+        "tasks": tasks,
+    }
+
+
+def yaml_config(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("demo_dir", type=Path)
+    parser.add_argument("out", type=Path)
+    args = parser.parse_args()
+    report = record(args.demo_dir)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps({task: value["rows"] for task, value in report["tasks"].items()}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -59,6 +59,18 @@ def test_the_core_imports_no_modality_and_no_command_statically() -> None:
     assert {name: bad for name, bad in offences.items() if bad} == {}
 
 
+def test_aivision_imports_only_the_core() -> None:
+    """The vision side reuses the core and never the audio side (nor an audio command)."""
+    audio_side = ("aiaudio.audio", "aiaudio.encoder", *COMMANDS, "torchaudio", "soundfile", "librosa", "audiomentations")
+    files = sorted((REPO / "aivision").rglob("*.py"))
+    assert files
+    offences = {
+        module_name(path): sorted(m for m in imported_modules(path) if falls_under(m, audio_side))
+        for path in files
+    }
+    assert {name: bad for name, bad in offences.items() if bad} == {}
+
+
 def test_nothing_below_the_commands_imports_a_command() -> None:
     wiring = ("aiaudio.demo", "aiaudio.cli", "aiaudio.__main__")
     offences = {}

@@ -4,25 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import time
 from pathlib import Path
 
 from aiaudio.config import ConfigError, apply_overrides, load_yaml
+from aiaudio.engine.commands import add_config_command, run_command
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO_ROOT / "configs" / "audio" / "demo.yaml"
-
-
-def _setup_logging() -> None:
-    rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(
-        level=logging.INFO if rank == 0 else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
 
 
 def _load(config_path: str, overrides: list[str]):
@@ -110,15 +101,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _config_command(sub, name: str, help_text: str, func, example: str = "trainer.lr=5e-4") -> argparse.ArgumentParser:
-    """A subcommand that takes a CONFIG file and key.sub=value overrides."""
-    parser = sub.add_parser(name, help=help_text)
-    parser.add_argument("config")
-    parser.add_argument("overrides", nargs="*", help=f"key.sub=value, e.g. {example}")
-    parser.set_defaults(func=func)
-    return parser
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aiaudio",
@@ -127,19 +109,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = _config_command(sub, "cache", "decode a data set once into a 16 kHz int16 waveform cache", cmd_cache)
+    p = add_config_command(sub, "cache", "decode a data set once into a 16 kHz int16 waveform cache", cmd_cache)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--overwrite", action="store_true", help="replace a cache built from different clips")
-    _config_command(sub, "pretrain", "pretrain (or resume) a contrastive model; works under torchrun", cmd_pretrain)
-    _config_command(
+    add_config_command(sub, "pretrain", "pretrain (or resume) a contrastive model; works under torchrun", cmd_pretrain)
+    add_config_command(
         sub, "fewshot", "N-way K-shot evaluation with learned invariances (MetaAudio or synthetic)", cmd_fewshot,
         "checkpoint=runs/x data.root=/data/ESC-50",
     )
-    _config_command(
+    add_config_command(
         sub, "measure", "invariance table and plots of a pretrained encoder", cmd_measure,
         "checkpoint=runs/x data.root=/data/FSD50K",
     )
-    _config_command(
+    add_config_command(
         sub, "readout", "many-shot linear (or regression) readout with a learned invariance", cmd_readout,
         "checkpoint=runs/x data.root=/data/clips",
     )
@@ -170,24 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``aiaudio`` console script."""
-    from aiaudio.engine.trainer import NonFiniteLossError
-
     from aiaudio.audio.cache import CacheError
     from aiaudio.audio.datasets import DatasetError
-    from aiaudio.engine.runtime import tune_cpu_allocator
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _setup_logging()
-    tune_cpu_allocator()
-    try:
-        return args.func(args)
-    except (ConfigError, FileNotFoundError, CacheError, DatasetError) as error:
-        print(f"aiaudio {args.command}: error: {error}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as error:
-        print(f"aiaudio {args.command}: stopped: {error}", file=sys.stderr)
-        return 3
+    return run_command("aiaudio", build_parser(), argv, (CacheError, DatasetError))
 
 
 if __name__ == "__main__":

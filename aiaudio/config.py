@@ -179,3 +179,7 @@ def require_directory(value: str | None, key: str = "data.root", what: str = "th
     if not path.is_dir():
         raise ConfigError(f"{key}={value} is not a directory; give {key}=/path/to/{what.replace(' ', '_')}")
     return path
+
+
+class DataError(ValueError):
+    """A data set's files or metadata are missing or malformed; the message names the file and what is wrong."""

@@ -20,9 +20,7 @@ Results go to ``out_dir/results.json`` and ``out_dir/results.md`` (written atomi
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,50 +29,36 @@ import numpy as np
 import torch
 
 from aiaudio.audio.cache import ClipEntry
-from aiaudio.audio.datasets import DatasetError, csv_entries, folder_entries
+from aiaudio.audio.datasets import csv_entries, folder_entries
 from aiaudio.audio.metaaudio import SegmentPolicy, build_logmel_set
 from aiaudio.config import ConfigError, from_dict, require_directory, to_dict
 from aiaudio.encoder import load_encoder, logmel_of
-from aiaudio.engine.files import atomic_write_text
 from aiaudio.engine.runtime import resolve_device
+from aiaudio.eval.labelled import (
+    METRICS,
+    LabelledDataConfig,
+    LabelledTargets,
+    labelled_targets,
+    run_readouts,
+    test_mask,
+    write_readout_report,
+)
 from aiaudio.eval.learner import feature_table
 from aiaudio.eval.plans import readout_plans
+from aiaudio.eval.readout import ReadoutData, ReadoutLearnerConfig
 from aiaudio.eval.sweep import SweepConfig
-from aiaudio.eval.readout import (
-    ReadoutData,
-    ReadoutLearnerConfig,
-    linear_readout,
-    result_summary,
-    split_off,
-)
-from aiaudio.seeding import mix_seed
 
 log = logging.getLogger(__name__)
 
-_TEST_SPLIT_STREAM = 0x7E57  # the test split's seed is derived from data.seed apart from the validation split's
 SPLIT_NAMES: tuple[str, str] = ("train", "test")
-METRICS = {"classification": "accuracy", "regression": "r2"}
 
 
 @dataclass
-class ReadoutDataConfig:
-    """The labelled audio and how it is split and cut.
+class ReadoutDataConfig(LabelledDataConfig):
+    """The labelled audio (see :class:`~aiaudio.eval.labelled.LabelledDataConfig` for the format, columns and split)
+    and how it is cut.
 
     Attributes:
-        format: ``"folder"`` (every audio file under ``root``, its class the parent folder's name) or ``"csv"``.
-        root: folder format: the audio folder; csv format: the folder relative paths resolve against (default: the
-            CSV's folder).
-        csv: csv format: the CSV file (with a header row).
-        path_column: csv: the column of audio paths.
-        label_column: csv, classification: the column of class names.
-        target_columns: csv, regression: the column(s) of numeric targets.
-        task: ``"classification"`` (scored by accuracy) or ``"regression"`` (scored by R^2; csv only).
-        split_column: csv: a column naming each clip's split; clips whose value is ``test_value`` are the test
-            set, all others train. None: a seeded ``test_fraction`` of the clips (stratified by class) is the test set.
-        test_value: the ``split_column`` value of test clips.
-        test_fraction: share of clips held out for testing when there is no ``split_column``.
-        val_fraction: share of the training clips held out for validation (stratified by class).
-        seed: seed of the test and validation splits.
         segment_seconds: length of an example, in seconds.
         variable_length: False: one example per clip (its start, tiled when shorter); True: consecutive segments,
             a clip's output the mean of its segments'.
@@ -84,18 +68,6 @@ class ReadoutDataConfig:
         batch_segments: segments per log-mel batch.
     """
 
-    format: str = "folder"
-    root: str | None = None
-    csv: str | None = None
-    path_column: str = "path"
-    label_column: str = "label"
-    target_columns: list[str] = field(default_factory=lambda: ["target"])
-    task: str = "classification"
-    split_column: str | None = None
-    test_value: str = "test"
-    test_fraction: float = 0.2
-    val_fraction: float = 0.2
-    seed: int = 0
     segment_seconds: float = 5.0
     variable_length: bool = False
     cache_dir: str | None = None
@@ -104,19 +76,7 @@ class ReadoutDataConfig:
     batch_segments: int = 64
 
     def __post_init__(self) -> None:
-        if self.format not in ("folder", "csv"):
-            raise ValueError(f"data.format must be folder or csv, got {self.format!r}")
-        if self.task not in METRICS:
-            raise ValueError(f"data.task must be classification or regression, got {self.task!r}")
-        if self.format == "folder" and self.task == "regression":
-            raise ValueError("data.task=regression needs data.format=csv (a folder gives class labels only)")
-        if self.format == "folder" and self.split_column is not None:
-            raise ValueError("data.split_column is a CSV column; a folder is split by data.test_fraction")
-        if self.task == "regression" and not self.target_columns:
-            raise ValueError("data.target_columns must name at least one column for regression")
-        for name in ("test_fraction", "val_fraction"):
-            if not 0.0 < getattr(self, name) < 1.0:
-                raise ValueError(f"data.{name} must lie strictly between 0 and 1, got {getattr(self, name)}")
+        super().__post_init__()
         if self.segment_seconds <= 0 or self.batch_segments < 1:
             raise ValueError("data.segment_seconds must be positive and data.batch_segments >= 1")
 
@@ -162,103 +122,18 @@ def parse_readout_config(raw: dict[str, Any]) -> ReadoutConfig:
     return config
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Data
-# --------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class LabelledClips:
-    """Clips with their targets and, from a split column, which are test clips.
-
-    Attributes:
-        entries: the clips.
-        targets: class indices ``[C]`` (classification), or float targets ``[C]`` (one target column) or ``[C, D]``.
-        class_names: classification: the class of each index; regression: empty.
-        is_test: ``[C]`` bool from the split column, or None (split by fraction).
-    """
-
-    entries: list[ClipEntry]
-    targets: np.ndarray
-    class_names: list[str]
-    is_test: np.ndarray | None
-
-
-def read_labelled_clips(data: ReadoutDataConfig) -> LabelledClips:
-    """Read the clips, targets and (if configured) split of a labelled folder or CSV.
+def read_labelled_clips(data: ReadoutDataConfig) -> tuple[list[ClipEntry], LabelledTargets]:
+    """The clips of a labelled folder or CSV, and their targets and (if configured) split.
 
     Raises:
-        DatasetError: a missing file or column, an unlabelled file, an empty cell or a non-numeric target.
+        DatasetError: a missing file or column; DataError: an unlabelled file, an empty cell or a bad target.
     """
     if data.format == "folder":
         entries = folder_entries(Path(data.root).expanduser())
-        unlabelled = [entry.key for entry in entries if not entry.labels]
-        if unlabelled:
-            raise DatasetError(
-                f"{data.root}: audio files directly in the folder have no class (put them in class folders), "
-                f"e.g. {unlabelled[0]!r}"
-            )
-        names = [entry.labels[0] for entry in entries]
-        classes = sorted(set(names))
-        index = {name: position for position, name in enumerate(classes)}
-        return LabelledClips(entries, np.array([index[name] for name in names], dtype=np.int64), classes, None)
-
-    csv_path = Path(data.csv).expanduser()
-    value_columns = [data.label_column] if data.task == "classification" else list(data.target_columns)
-    columns = value_columns + ([data.split_column] if data.split_column else [])
-    entries = csv_entries(
-        csv_path, None if data.root is None else Path(data.root).expanduser(), data.path_column, columns
-    )
-    if not entries:
-        raise DatasetError(f"{csv_path} lists no clips")
-    for entry in entries:
-        if len(entry.labels) != len(columns):
-            raise DatasetError(f"{csv_path}: the row of {entry.key!r} has an empty cell in column(s) {columns}")
-    is_test = None
-    if data.split_column:
-        is_test = np.array([entry.labels[-1] == data.test_value for entry in entries])
-    if data.task == "classification":
-        names = [entry.labels[0] for entry in entries]
-        classes = sorted(set(names))
-        index = {name: position for position, name in enumerate(classes)}
-        targets = np.array([index[name] for name in names], dtype=np.int64)
-        return LabelledClips(entries, targets, classes, is_test)
-    rows = []
-    for entry in entries:
-        try:
-            values = [float(text) for text in entry.labels[: len(value_columns)]]
-        except ValueError:
-            raise DatasetError(
-                f"{csv_path}: the row of {entry.key!r} has a non-numeric target in {value_columns}: "
-                f"{list(entry.labels[: len(value_columns)])}"
-            ) from None
-        if not all(math.isfinite(value) for value in values):
-            raise DatasetError(f"{csv_path}: the row of {entry.key!r} has a non-finite target {values}")
-        rows.append(values)
-    targets = np.array(rows, dtype=np.float32)
-    return LabelledClips(entries, targets[:, 0] if targets.shape[1] == 1 else targets, [], is_test)
-
-
-def select_test_clips(clips: LabelledClips, data: ReadoutDataConfig) -> np.ndarray:
-    """Which clips are test clips: the split column, or a seeded stratified ``test_fraction``."""
-    if clips.is_test is not None:
-        mask = clips.is_test
     else:
-        strata = torch.from_numpy(clips.targets) if data.task == "classification" else None
-        _, held = split_off(
-            torch.arange(len(clips.entries)), data.test_fraction, mix_seed(data.seed, _TEST_SPLIT_STREAM), strata
-        )
-        mask = np.zeros(len(clips.entries), dtype=bool)
-        mask[held.numpy()] = True
-    where = data.csv if data.format == "csv" else data.root
-    if mask.all() or not mask.any():
-        raise DatasetError(f"{where}: the split leaves {'no training' if mask.all() else 'no test'} clips")
-    return mask
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Readouts
-# --------------------------------------------------------------------------------------------------------------
+        root = None if data.root is None else Path(data.root).expanduser()
+        entries = csv_entries(Path(data.csv).expanduser(), root, data.path_column, data.csv_columns())
+    return entries, labelled_targets([e.key for e in entries], [e.labels for e in entries], data)
 
 
 def run_readout(config: ReadoutConfig) -> dict[str, Any]:
@@ -266,12 +141,12 @@ def run_readout(config: ReadoutConfig) -> dict[str, Any]:
     data = config.data
     device = resolve_device(config.device)
     out_dir = Path(config.out_dir)
-    clips = read_labelled_clips(data)
-    is_test = select_test_clips(clips, data)
+    entries, labelled = read_labelled_clips(data)
+    is_test = test_mask(labelled, data)
     encoder = load_encoder(Path(config.checkpoint).expanduser(), device)
     frontend_config = logmel_of(encoder).config
     split_entries = [
-        ClipEntry(entry.key, entry.path, (SPLIT_NAMES[int(test)],)) for entry, test in zip(clips.entries, is_test)
+        ClipEntry(entry.key, entry.path, (SPLIT_NAMES[int(test)],)) for entry, test in zip(entries, is_test)
     ]
     store = build_logmel_set(
         split_entries, list(SPLIT_NAMES), [SPLIT_NAMES[0]],
@@ -280,12 +155,12 @@ def run_readout(config: ReadoutConfig) -> dict[str, Any]:
         name="readout", seed=data.seed, stats_clips=data.stats_clips, logmel_config=frontend_config,
         workers=data.workers, progress=config.progress, batch_segments=data.batch_segments, device=device,
     )
-    position = {entry.key: index for index, entry in enumerate(clips.entries)}
+    position = {entry.key: index for index, entry in enumerate(entries)}
     kept = np.array([position[key] for key in store.clip_keys], dtype=np.int64)
     store_is_test = torch.from_numpy(store.clip_class == SPLIT_NAMES.index("test"))
     readout_data = ReadoutData(
-        torch.from_numpy(store.segment_clip), torch.from_numpy(clips.targets[kept]), data.task,
-        len(clips.class_names) if data.task == "classification" else None,
+        torch.from_numpy(store.segment_clip), torch.from_numpy(labelled.targets[kept]), data.task,
+        len(labelled.class_names) if data.task == "classification" else None,
     )
     train_clips = torch.nonzero(~store_is_test).flatten()
     test_clips = torch.nonzero(store_is_test).flatten()
@@ -296,22 +171,11 @@ def run_readout(config: ReadoutConfig) -> dict[str, Any]:
     def features_at(descriptor: torch.Tensor | None) -> torch.Tensor:
         return feature_table(encoder, inputs, len(store), descriptor, config.learner.eval_batch_size)
 
-    results: dict[str, Any] = {}
     plans = readout_plans(encoder, config.fixed, config.learn_invariance, config.learner.init, inputs, features_at)
-    for plan in plans:
-        name = plan.kind if plan.kind != "fixed" else f"fixed:{plan.text}"
-        features, start = plan.encoder, plan.start
-        log.info("readout %s: %d training and %d test clips", name, len(train_clips), len(test_clips))
-        result = linear_readout(
-            features, readout_data, train_clips, test_clips, config.learner, config.sweep, start,
-            data.val_fraction, data.seed, device,
-        )
-        summary = result_summary(result)
-        descriptor = result.descriptor
-        summary["descriptor"] = None if descriptor is None else encoder.space.to_mapping(descriptor.cpu().clamp(0, 1))
-        summary["mode"] = name.split(":", 1)[0]
-        results[name] = summary
-
+    results = run_readouts(
+        encoder, plans, readout_data, train_clips, test_clips, config.learner, config.sweep, data.val_fraction,
+        data.seed, device,
+    )
     report = {
         "checkpoint": str(encoder.source),
         "fingerprint": encoder.fingerprint(),
@@ -320,23 +184,26 @@ def run_readout(config: ReadoutConfig) -> dict[str, Any]:
         "metric": METRICS[data.task],
         "data": {
             "format": data.format,
-            "source": str(data.csv if data.format == "csv" else data.root),
-            "clips": len(clips.entries),
+            "source": data.source,
+            "clips": len(entries),
             "used_clips": store.num_clips,
-            "left_out_clips": len(clips.entries) - store.num_clips,
+            "left_out_clips": len(entries) - store.num_clips,
             "train_clips": len(train_clips),
             "test_clips": len(test_clips),
             "segments": len(store),
-            "classes": clips.class_names,
+            "classes": labelled.class_names,
             "target_columns": list(data.target_columns) if data.task == "regression" else [],
             "logmel_store": str(store.directory),
         },
         "readouts": results,
         "config": to_dict(config),
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "results.json", json.dumps(report, indent=2) + "\n")
-    atomic_write_text(out_dir / "results.md", results_markdown(report))
+    counts = report["data"]
+    counts["summary"] = (
+        f"{data.format} `{data.source}`: {counts['used_clips']} of {counts['clips']} clips used "
+        f"({counts['train_clips']} train incl. validation, {counts['test_clips']} test), {counts['segments']} segments"
+    )
+    write_readout_report(out_dir, report)
     return {
         "out_dir": str(out_dir),
         "metric": report["metric"],
@@ -345,29 +212,3 @@ def run_readout(config: ReadoutConfig) -> dict[str, Any]:
             for name, r in results.items()
         },
     }
-
-
-def results_markdown(report: dict[str, Any]) -> str:
-    """A Markdown account of a readout report: the data, then one row per readout."""
-    data = report["data"]
-    metric = report["metric"]
-    lines = [
-        f"# Linear readout ({report['task']}, {metric})",
-        "",
-        f"- checkpoint: `{report['checkpoint']}` (weights {report['fingerprint']}, "
-        f"{'amortised' if report['amortised'] else 'plain'})",
-        f"- data: {data['format']} `{data['source']}`: {data['used_clips']} of {data['clips']} clips used "
-        f"({data['train_clips']} train incl. validation, {data['test_clips']} test), {data['segments']} segments",
-        "",
-        f"| readout | test {metric} | val {metric} | lr | weight decay | invariance lr | best epoch | descriptor |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for name, result in report["readouts"].items():
-        descriptor = result["descriptor"]
-        text = "-" if descriptor is None else ", ".join(f"{k}={v:.2f}" for k, v in descriptor.items())
-        invariance_lr = "-" if result.get("invariance_lr") is None else f"{result['invariance_lr']:g}"
-        lines.append(
-            f"| {name} | {result['test_score']:.4f} | {result['val_score']:.4f} | {result['lr']:g} | "
-            f"{result['weight_decay']:g} | {invariance_lr} | {result['best_epoch']} | {text} |"
-        )
-    return "\n".join(lines) + "\n"

@@ -20,12 +20,14 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode, decode_image
 
+from aiaudio.config import DataError
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp")
 
 
-class ImageDataError(ValueError):
+class ImageDataError(DataError):
     """An image data set's files or metadata are missing or malformed; the message names the file."""
 
 

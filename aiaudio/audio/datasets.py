@@ -13,12 +13,13 @@ from pathlib import Path
 
 from aiaudio.audio.cache import ClipEntry
 from aiaudio.audio.io import AUDIO_EXTENSIONS
+from aiaudio.config import DataError
 
 FSD50K_SPLITS: tuple[str, ...] = ("train", "val", "dev", "eval")
 _FSD50K_TRUTH = "FSD50K.ground_truth"
 
 
-class DatasetError(ValueError):
+class DatasetError(DataError):
     """Dataset metadata is missing or malformed."""
 
 

@@ -63,6 +63,8 @@ class PretrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
     def __post_init__(self) -> None:
+        if self.invariance.min_active is None:
+            self.invariance.min_active = 2  # the 120 CLAR descriptors with at least two augmentations on
         if self.frontend.sample_rate != self.data.sample_rate:
             raise ValueError(
                 f"frontend.sample_rate ({self.frontend.sample_rate}) must equal data.sample_rate ({self.data.sample_rate})"

@@ -47,10 +47,14 @@ METHODS: tuple[str, ...] = ("simclr", "mocov2", "mocov3")
 
 @dataclass
 class InvarianceConfig:
-    """``mode``: "amortised" (a descriptor drawn per step from the space) or "fixed" (``fixed``, default all on)."""
+    """``mode``: "amortised" (a descriptor drawn per step from the space) or "fixed" (``fixed``, default all on).
+
+    ``min_active``: bits a pretraining descriptor has on at least; null: the modality's default (audio: 2 of the 7
+    CLAR factors, 120 descriptors; images: 1 of the 2 groups, 3 descriptors, or 2 of the 5 augmentations, 26).
+    """
 
     mode: str = "amortised"
-    min_active: int = 2
+    min_active: int | None = None
     fixed: list[float] | None = None
 
     def __post_init__(self) -> None:
@@ -58,7 +62,7 @@ class InvarianceConfig:
             raise ValueError(f"invariance.mode must be amortised or fixed, got {self.mode!r}")
         if self.mode == "amortised" and self.fixed is not None:
             raise ValueError("invariance.fixed is only used with invariance.mode=fixed; remove it or set the mode")
-        if self.min_active < 0:
+        if self.min_active is not None and self.min_active < 0:
             raise ValueError(f"invariance.min_active must be >= 0, got {self.min_active}")
 
 

@@ -21,6 +21,10 @@ class ContrastiveMethod(nn.Module):
     def after_step(self, step: int, total_steps: int) -> None:
         """Called once after the optimiser step of training step ``step`` (0-based) of ``total_steps``."""
 
+    def encoder_loaded(self) -> None:
+        """Called after weights were loaded into the query side from outside (an initial checkpoint): a method with a
+        momentum copy makes it equal to the query side again."""
+
 
 def embedding_spread(z: torch.Tensor) -> torch.Tensor:
     """The spread of L2-normalised embeddings ``[B, D]`` across the batch (mean over dims of the std); near 0 when

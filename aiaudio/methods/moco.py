@@ -83,6 +83,10 @@ class MoCoV2(ContrastiveMethod):
             alignment = F.cosine_similarity(q.float(), k.float(), dim=1).mean()
         return {"loss": loss, "alignment": alignment, "embedding_std": embedding_spread(q)}
 
+    def encoder_loaded(self) -> None:
+        ema_update(self.momentum_encoder, self.encoder, 0.0)
+        ema_update(self.momentum_projector, self.projector, 0.0)
+
     @torch.no_grad()
     def after_step(self, step: int, total_steps: int) -> None:
         """Queue this step's keys in its descriptor's queue, then move the key encoder towards the query encoder."""
@@ -137,6 +141,10 @@ class MoCoV3(ContrastiveMethod):
         with torch.no_grad():
             alignment = F.cosine_similarity(q1.float(), k2.float(), dim=1).mean()
         return {"loss": loss, "alignment": alignment, "embedding_std": embedding_spread(q1)}
+
+    def encoder_loaded(self) -> None:
+        ema_update(self.momentum_encoder, self.encoder, 0.0)
+        ema_update(self.momentum_projector, self.projector, 0.0)
 
     @torch.no_grad()
     def after_step(self, step: int, total_steps: int) -> None:

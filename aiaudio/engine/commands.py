@@ -1,0 +1,57 @@
+"""What every command line of the toolkit shares: logging on rank 0, config subcommands, and error handling.
+
+A known error (a bad config key, a missing file, a data set that does not read) is printed as one line naming the
+key or file, exit code 2; a diverged run stops with exit code 3; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+from aiaudio.config import ConfigError, DataError
+from aiaudio.engine.runtime import tune_cpu_allocator
+from aiaudio.engine.trainer import NonFiniteLossError
+
+
+def setup_logging() -> None:
+    """INFO on rank 0, warnings only on the other ranks of a distributed run."""
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def add_config_command(
+    sub: argparse._SubParsersAction, name: str, help_text: str, func: Callable[[argparse.Namespace], int],
+    example: str = "trainer.lr=5e-4",
+) -> argparse.ArgumentParser:
+    """A subcommand that takes a CONFIG file and ``key.sub=value`` overrides."""
+    parser = sub.add_parser(name, help=help_text)
+    parser.add_argument("config")
+    parser.add_argument("overrides", nargs="*", help=f"key.sub=value, e.g. {example}")
+    parser.set_defaults(func=func)
+    return parser
+
+
+def run_command(
+    program: str, parser: argparse.ArgumentParser, argv: list[str] | None,
+    known_errors: tuple[type[BaseException], ...] = (),
+) -> int:
+    """Parse ``argv``, run the chosen subcommand, and turn known errors into a one-line message and an exit code."""
+    args = parser.parse_args(argv)
+    setup_logging()
+    tune_cpu_allocator()
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, FileNotFoundError, *known_errors) as error:
+        print(f"{program} {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as error:
+        print(f"{program} {args.command}: stopped: {error}", file=sys.stderr)
+        return 3

@@ -94,14 +94,17 @@ def csv_image_entries(csv_path: Path, root: Path | None, path_column: str, colum
     return entries
 
 
-def load_image(path: Path, size: int) -> torch.Tensor:
-    """uint8 ``[3, size, size]``: the image decoded as RGB, its shorter side resized to ``size`` (bilinear,
-    antialiased), then centre-cropped to a square. Raises ImageDataError naming the file when it does not decode."""
+def load_image(path: Path, size: int, resize: int | None = None) -> torch.Tensor:
+    """uint8 ``[3, size, size]``: the image decoded as RGB, its shorter side resized to ``resize`` (default ``size``;
+    bilinear, antialiased), then centre-cropped to ``size`` square (the evaluation protocol: resize 256, crop 224).
+    Raises ImageDataError naming the file when it does not decode."""
     try:
         image = decode_image(str(path), mode=ImageReadMode.RGB, apply_exif_orientation=True)
     except (RuntimeError, ValueError, OSError) as error:
         raise ImageDataError(f"{path} is not a readable image ({error})") from None
-    return resize_square(image, size)
+    resized = resize_square(image, resize or size)
+    offset = (resized.shape[-1] - size) // 2
+    return resized[:, offset : offset + size, offset : offset + size].contiguous() if offset > 0 else resized
 
 
 def resize_square(image: torch.Tensor, size: int) -> torch.Tensor:
@@ -125,14 +128,15 @@ class ImageSet(Dataset):
     Args:
         entries: the images.
         size: storage size S (each item is uint8 ``[3, S, S]``).
+        resize: the shorter side before the centre crop to S (default S).
     """
 
-    def __init__(self, entries: Sequence[ImageEntry], size: int) -> None:
+    def __init__(self, entries: Sequence[ImageEntry], size: int, resize: int | None = None) -> None:
         if not entries:
             raise ImageDataError("an image set needs at least one image")
-        if size < 8:
-            raise ImageDataError(f"the image storage size must be at least 8 pixels, got {size}")
-        self.entries, self.size = list(entries), size
+        if size < 8 or (resize is not None and resize < size):
+            raise ImageDataError(f"image sizes need size >= 8 and resize >= size, got {size} and {resize}")
+        self.entries, self.size, self.resize = list(entries), size, resize
         self._warned: set[str] = set()
 
     def __len__(self) -> int:
@@ -143,13 +147,14 @@ class ImageSet(Dataset):
         for offset in range(min(len(self.entries), 100)):
             entry = self.entries[(index + offset) % len(self.entries)]
             try:
-                return load_image(entry.path, self.size)
+                return load_image(entry.path, self.size, self.resize)
             except ImageDataError as error:
                 if entry.key not in self._warned:
                     self._warned.add(entry.key)
                     log.warning("skipping an unreadable image: %s", error)
         raise ImageDataError(f"100 images in a row from {self.entries[index].path} on are unreadable")
 
-    def stack(self, indices: Sequence[int]) -> torch.Tensor:
-        """uint8 ``[N, 3, S, S]`` of the given images (evaluation reads them in batches)."""
-        return torch.stack([self[i] for i in indices]) if indices else torch.zeros(0, 3, self.size, self.size, dtype=torch.uint8)
+    def load_all(self) -> torch.Tensor:
+        """uint8 ``[N, 3, S, S]`` of every image, in order; an unreadable one stops with an error naming it (an
+        evaluation set must be whole)."""
+        return torch.stack([load_image(entry.path, self.size, self.resize) for entry in self.entries])

@@ -1,0 +1,131 @@
+"""``aivision linear``: a linear head and the task's own invariance learned on a labelled image set.
+
+The images (class folders, or a CSV of paths with class names or numeric targets: landmark coordinates, say) are
+read once at the evaluation size (shorter side resized to ``data.resize``, default ``size / 0.875``, then a centre
+crop, the paper's resize 256 / crop 224), the test split is set aside, and the core's readouts run: the learned
+descriptor, each fixed descriptor, or plain features for a baseline; hyper-parameters are chosen on a validation split
+carved from the training images, never the test split. Results: ``results.{json,md}`` in ``out_dir``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aiaudio.config import ConfigError, from_dict, require_directory, to_dict
+from aiaudio.engine.pretrained import PretrainedEncoder, load_encoder
+from aiaudio.engine.runtime import resolve_device
+from aiaudio.eval.labelled import (
+    METRICS,
+    LabelledDataConfig,
+    labelled_targets,
+    run_readouts,
+    test_mask,
+    write_readout_report,
+)
+from aiaudio.eval.learner import feature_table
+from aiaudio.eval.plans import readout_plans
+from aiaudio.eval.readout import ReadoutData, ReadoutLearnerConfig
+from aiaudio.eval.sweep import SweepConfig
+from aivision.augment import ImageInput
+from aivision.data import ImageEntry, ImageSet, csv_image_entries, image_folder_entries
+
+
+@dataclass
+class LinearDataConfig(LabelledDataConfig):
+    """A labelled image set (see :class:`~aiaudio.eval.labelled.LabelledDataConfig`); ``resize``: the shorter side
+    before the centre crop to the encoder's input size (default: input size / 0.875)."""
+
+    resize: int | None = None
+
+
+@dataclass
+class LinearConfig:
+    """A readout run: ``checkpoint`` (a run or checkpoint directory), the data, the learner and its sweep, whether
+    to learn the invariance, and the fixed descriptors to read out at (``"all"``, ``"spatial=1,appearance=0"``)."""
+
+    checkpoint: str | None = None
+    out_dir: str = "runs/linear"
+    data: LinearDataConfig = field(default_factory=LinearDataConfig)
+    learner: ReadoutLearnerConfig = field(default_factory=ReadoutLearnerConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    learn_invariance: bool = True
+    fixed: list[str] = field(default_factory=lambda: ["all"])
+    device: str = "auto"
+
+
+def parse_linear_config(raw: dict[str, Any]) -> LinearConfig:
+    config = from_dict(LinearConfig, raw)
+    if not config.checkpoint:
+        raise ConfigError("checkpoint is not set: give checkpoint=runs/<pretraining run> (or a checkpoint directory)")
+    if config.data.format == "folder":
+        require_directory(config.data.root, "data.root", "labelled image folder")
+    elif not config.data.csv:
+        raise ConfigError("data.csv is not set: give data.csv=/path/to/labels.csv")
+    return config
+
+
+def image_transform(encoder: PretrainedEncoder) -> ImageInput:
+    """The image input transform of a loaded encoder; an error naming the checkpoint for any other input."""
+    if not isinstance(encoder.transform, ImageInput):
+        raise ConfigError(f"{encoder.source} takes {type(encoder.transform).__name__} inputs: it is not an image encoder")
+    return encoder.transform
+
+
+def read_entries(data: LabelledDataConfig) -> list[ImageEntry]:
+    """The images of a labelled folder or CSV, labelled by class folder or by the CSV's columns."""
+    if data.format == "folder":
+        return image_folder_entries(Path(data.root).expanduser())
+    root = None if data.root is None else Path(data.root).expanduser()
+    return csv_image_entries(Path(data.csv).expanduser(), root, data.path_column, data.csv_columns())
+
+
+def load_images(entries: list[ImageEntry], encoder: PretrainedEncoder, resize: int | None) -> torch.Tensor:
+    """uint8 ``[N, 3, s, s]`` of every image at the encoder's input size ``s`` (resize, then centre crop)."""
+    size = image_transform(encoder).size
+    return ImageSet(entries, size, resize or round(size / 0.875)).load_all()
+
+
+def run_linear(config: LinearConfig) -> dict[str, Any]:
+    """Run every configured readout; write ``results.json`` and ``results.md`` to ``out_dir``; return the report."""
+    data = config.data
+    device = resolve_device(config.device)
+    entries = read_entries(data)
+    labelled = labelled_targets([e.key for e in entries], [e.labels for e in entries], data)
+    is_test = torch.from_numpy(test_mask(labelled, data))
+    encoder = load_encoder(Path(config.checkpoint).expanduser(), device)
+    images = load_images(entries, encoder, data.resize)
+
+    def inputs(rows: torch.Tensor) -> torch.Tensor:
+        return encoder.inputs(images[rows.cpu()])
+
+    def features_at(descriptor: torch.Tensor | None) -> torch.Tensor:
+        return feature_table(encoder, inputs, len(images), descriptor, config.learner.eval_batch_size)
+
+    readout_data = ReadoutData(
+        torch.arange(len(images)), torch.from_numpy(labelled.targets), data.task,
+        len(labelled.class_names) if data.task == "classification" else None,
+    )
+    train, test = torch.nonzero(~is_test).flatten(), torch.nonzero(is_test).flatten()
+    plans = readout_plans(encoder, config.fixed, config.learn_invariance, config.learner.init, inputs, features_at)
+    results = run_readouts(
+        encoder, plans, readout_data, train, test, config.learner, config.sweep, data.val_fraction, data.seed, device
+    )
+    report = {
+        "checkpoint": str(encoder.source), "fingerprint": encoder.fingerprint(), "amortised": encoder.amortised,
+        "task": data.task, "metric": METRICS[data.task], "factors": list(encoder.space.names),
+        "data": {
+            "format": data.format, "source": data.source, "images": len(entries), "train_images": len(train),
+            "test_images": len(test), "classes": labelled.class_names,
+            "target_columns": list(data.target_columns) if data.task == "regression" else [],
+            "summary": f"{data.format} `{data.source}`: {len(entries)} images ({len(train)} train incl. validation, "
+                       f"{len(test)} test) at {images.shape[-1]} px",
+        },
+        "readouts": results,
+        "config": to_dict(config),
+    }
+    write_readout_report(Path(config.out_dir), report)
+    return report

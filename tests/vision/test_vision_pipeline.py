@@ -1,0 +1,139 @@
+"""aivision end to end on tiny synthetic images: pretrain each method for a few steps on the CPU, then linear,
+fewshot and embed on the result; the readers on fixtures in their layouts; bad input stops with a clear message."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torchvision.io import write_png
+
+from aiaudio.config import ConfigError, apply_overrides, load_yaml
+from aiaudio.engine.checkpoint import latest_checkpoint
+from aiaudio.engine.pretrained import load_encoder
+from aivision.data import ImageDataError, ImageSet, csv_image_entries, image_folder_entries, load_image
+from aivision.synthetic import COLOURS, SHAPES, generate_shapes, read_factors
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = [
+    "data.image_size=20", "input.size=16", "model.width=0.125", "model.hyper_hidden=8", "model.projector_hidden=32",
+    "model.projector_dim=16", "model.predictor_hidden=32", "method.queue_size=64", "trainer.steps=4",
+    "trainer.batch_size=8", "trainer.warmup_steps=1", "trainer.log_every=2", "trainer.ckpt_every=4",
+    "trainer.num_workers=0", "trainer.progress=false", "trainer.device=cpu",
+]
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    return generate_shapes(tmp_path_factory.mktemp("shapes"), 120, size=24, seed=0)
+
+
+def vision_command(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "aivision", *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=REPO)
+
+
+def test_synthetic_shapes_have_their_factors(shapes: Path):
+    rows = read_factors(shapes)
+    assert len(rows) == 120 and {row["shape"] for row in rows} <= set(SHAPES) and {row["colour"] for row in rows} <= set(COLOURS)
+    first = rows[0]
+    image = load_image(shapes / first["path"], 24).float()
+    x, y = round(float(first["x"]) * 24), round(float(first["y"]) * 24)
+    centre = image[:, y, x] / 255
+    torch.testing.assert_close(centre, torch.tensor(COLOURS[first["colour"]]), atol=0.35, rtol=0)  # the shape's colour
+    assert len(image_folder_entries(shapes / "train")) == 120
+    assert generate_shapes(shapes, 120, size=24, seed=0) == shapes  # reused, not rewritten
+
+
+def test_readers_name_the_bad_file(tmp_path: Path):
+    with pytest.raises(ImageDataError, match="holds no images"):
+        image_folder_entries(tmp_path)
+    (tmp_path / "cls").mkdir()
+    write_png(torch.zeros(3, 10, 12, dtype=torch.uint8), str(tmp_path / "cls" / "a.png"))
+    (tmp_path / "cls" / "b.png").write_bytes(b"not a png")
+    (tmp_path / "loose.png").write_bytes((tmp_path / "cls" / "a.png").read_bytes())
+    with pytest.raises(ImageDataError, match="loose.png lies directly"):
+        image_folder_entries(tmp_path)
+    (tmp_path / "loose.png").unlink()
+    entries = image_folder_entries(tmp_path)
+    assert [e.key for e in entries] == ["cls/a.png", "cls/b.png"] and entries[0].labels == ("cls",)
+    with pytest.raises(ImageDataError, match="b.png is not a readable image"):
+        ImageSet(entries, 8).load_all()
+    assert ImageSet(entries, 8)[(1, 0)].shape == (3, 8, 8)  # in training, the next readable image stands in
+    (tmp_path / "labels.csv").write_text("path,y\ncls/a.png,1.5\n../outside.png,2\n")
+    with pytest.raises(ImageDataError, match="outside"):
+        csv_image_entries(tmp_path / "labels.csv", None, "path", ["y"])
+    (tmp_path / "labels.csv").write_text("path,y\ncls/a.png,\n")
+    with pytest.raises(ImageDataError, match="line 2: an empty cell"):
+        csv_image_entries(tmp_path / "labels.csv", None, "path", ["y"])
+    with pytest.raises(ImageDataError, match="lacks column"):
+        csv_image_entries(tmp_path / "labels.csv", None, "path", ["z"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method,encoder", [
+    ("simclr", "hyper_resnet18"), ("mocov2", "hyper_resnet50"), ("mocov3", "prompt_vit_tiny_patch16_224"),
+])
+def test_pretrain_then_linear_fewshot_and_embed(shapes: Path, tmp_path: Path, method: str, encoder: str):
+    run = tmp_path / "run"
+    extra = ["model.encoder_args={img_size: 16, prompts: 4}"] if encoder.startswith("prompt") else []
+    done = vision_command("pretrain", str(REPO / "configs" / "vision" / "demo.yaml"), f"data.root={shapes}",
+                          f"run_dir={run}", f"method.name={method}", f"model.encoder={encoder}", *TINY, *extra)
+    assert done.returncode == 0, done.stderr
+    record = json.loads((latest_checkpoint(run) / "encoder.json").read_text())
+    assert record["encoder"]["name"] == encoder and record["input"]["kind"] == "image"
+    assert record["space"]["names"] == ["spatial", "appearance"]
+
+    readout = [f"checkpoint={run}", f"out_dir={tmp_path / 'linear'}", "data.format=csv", f"data.csv={shapes / 'factors.csv'}",
+               "data.task=regression", "data.target_columns=[x,y]", "learner.epochs=3", "sweep.lrs=[0.1]",
+               "sweep.weight_decays=[0.0]", 'fixed=["all","spatial=1,appearance=0"]', "device=cpu"]
+    config = tmp_path / "empty.yaml"
+    config.write_text("{}\n")
+    done = vision_command("linear", str(config), *readout)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "linear" / "results.json").read_text())
+    assert set(report["readouts"]) == {"learned", "fixed:all", "fixed:spatial=1,appearance=0"} and report["metric"] == "r2"
+    assert set(report["readouts"]["learned"]["descriptor"]) == {"spatial", "appearance"}
+
+    fewshot = [f"checkpoint={run}", f"baseline={run}", f"out_dir={tmp_path / 'fewshot'}", f"data.root={shapes / 'train'}",
+               "data.val_classes=0.5", "data.test_classes=0.5", "episodes.ways=2", "episodes.shots=1",
+               "episodes.queries=2", "episodes.test_episodes=6", "episodes.val_episodes=4", "learner.steps=3",
+               "sweep.lrs=[0.01]", "sweep.invariance_lrs=[0.1]", "device=cpu"]
+    done = vision_command("fewshot", str(config), *fewshot)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads((tmp_path / "fewshot" / "results.json").read_text())["rows"]
+    assert [row["readout"] for row in rows][:2] == ["learned i", "i = all"] and rows[0]["episodes"] == 6
+
+    out = tmp_path / "features.npz"
+    done = vision_command("embed", str(run), str(shapes / "train"), str(out), "--invariance", "spatial=1,appearance=0.2",
+                          "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    saved = np.load(out)
+    assert saved["features"].shape[0] == 120 and list(saved["factors"]) == ["spatial", "appearance"]
+    model = load_encoder(run)
+    first = load_image(shapes / "train" / saved["keys"][0], 16, 18)
+    expected = model.embed(first[None], "spatial=1,appearance=0.2")
+    np.testing.assert_allclose(saved["features"][0], expected[0].numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_bad_input_is_refused_before_work(shapes: Path, tmp_path: Path):
+    raw = load_yaml(REPO / "configs" / "vision" / "demo.yaml")
+    from aivision.pretraining import parse_config
+
+    with pytest.raises(ConfigError, match="min_active=2 leaves 1 descriptor"):
+        parse_config(apply_overrides(raw, ["invariance.min_active=2"]))
+    with pytest.raises(ConfigError, match="augment.space"):
+        parse_config(apply_overrides(raw, ["augment.space=colour"]))
+    done = vision_command("pretrain", str(REPO / "configs" / "vision" / "demo.yaml"), f"run_dir={tmp_path / 'r'}",
+                          *TINY)
+    assert done.returncode == 2 and "data.root is not set" in done.stderr
+    done = vision_command("pretrain", str(REPO / "configs" / "vision" / "demo.yaml"), f"data.root={shapes}",
+                          f"run_dir={tmp_path / 'r'}", "init=/nonexistent/moco.pth", *TINY)
+    assert done.returncode == 2 and "init=/nonexistent/moco.pth" in done.stderr
+    done = vision_command("embed", str(tmp_path / "nothing"), str(shapes), str(tmp_path / "f.npz"))
+    assert done.returncode == 2 and "nothing" in done.stderr

@@ -18,6 +18,7 @@ from pathlib import Path
 from aiaudio.audio.synthetic import generate_synthetic
 from aiaudio.config import apply_overrides, load_yaml
 from aiaudio.engine.metrics import read_metrics
+from aiaudio.engine.pretraining import describe_run
 from aiaudio.fewshot import parse_fewshot_config, run_fewshot
 from aiaudio.measure import parse_measure_config, run_measure
 from aiaudio.pretrain import parse_config, run_cache, run_pretrain
@@ -67,11 +68,8 @@ def run_demo(out: Path, config_dir: Path, overrides: list[str]) -> str:
 
 def format_report(runs: dict, reports: dict, measured: dict, out: Path, elapsed: float, pretrain_seconds: float) -> str:
     lines = ["aiaudio demo: amortised invariance learning on built-in synthetic audio (synthetic data, not a benchmark)", ""]
-    for name, (config, summary, records) in runs.items():
-        lines.append(
-            f"  pretrain {name:<9} {config.model.encoder} width {config.model.width}, {summary['steps']} steps of "
-            f"{config.trainer.batch_size}: loss {records[0]['loss']:.2f} -> {records[-1]['loss']:.2f}"
-        )
+    lines += [describe_run(name, config.model, config.trainer, summary, records)
+              for name, (config, summary, records) in runs.items()]
     lines += ["", f"  few-shot: {_episodes_text(next(iter(reports.values())))}; accuracy % ± 95% CI", ""]
     header = f"  {'task':<40} {'AI-SimCLR, learned i':>22} {'AI-SimCLR, i = all':>20} {'SimCLR':>16}"
     lines += [header, "  " + "-" * (len(header) - 2)]

@@ -33,13 +33,12 @@ from aiaudio.eval.fewshot import (
     EpisodeConfig,
     EpisodeData,
     FewshotEvaluator,
+    FewshotRunConfig,
     descriptor_label,
     evaluate_encoder,
     format_table,
     write_report,
 )
-from aiaudio.eval.learner import LearnerConfig
-from aiaudio.eval.sweep import FewshotSweepConfig
 from aiaudio.seeding import generator_for
 
 __all__ = [
@@ -85,17 +84,11 @@ class FewshotDataConfig:
 
 
 @dataclass
-class FewshotConfig:
-    checkpoint: str | None = None
-    baseline: str | None = None
-    out_dir: str = "runs/fewshot"
+class FewshotConfig(FewshotRunConfig):
+    """A few-shot run (see :class:`~aiaudio.eval.fewshot.FewshotRunConfig`) on a MetaAudio set or synthetic audio."""
+
     data: FewshotDataConfig = field(default_factory=FewshotDataConfig)
     episodes: EpisodeConfig = field(default_factory=EpisodeConfig)
-    learner: LearnerConfig = field(default_factory=LearnerConfig)
-    sweep: FewshotSweepConfig = field(default_factory=FewshotSweepConfig)
-    fixed: list[str] = field(default_factory=lambda: ["all"])
-    sklearn: bool = False
-    device: str = "auto"
     progress: bool = True
 
 

@@ -38,6 +38,7 @@ from aiaudio.eval.labelled import (
     METRICS,
     LabelledDataConfig,
     LabelledTargets,
+    ReadoutRunConfig,
     labelled_targets,
     run_readouts,
     test_mask,
@@ -45,8 +46,7 @@ from aiaudio.eval.labelled import (
 )
 from aiaudio.eval.learner import feature_table
 from aiaudio.eval.plans import readout_plans
-from aiaudio.eval.readout import ReadoutData, ReadoutLearnerConfig
-from aiaudio.eval.sweep import SweepConfig
+from aiaudio.eval.readout import ReadoutData
 
 log = logging.getLogger(__name__)
 
@@ -82,30 +82,11 @@ class ReadoutDataConfig(LabelledDataConfig):
 
 
 @dataclass
-class ReadoutConfig:
-    """A readout run.
+class ReadoutConfig(ReadoutRunConfig):
+    """A readout run (see :class:`~aiaudio.eval.labelled.ReadoutRunConfig`) on labelled audio; ``progress`` shows
+    progress bars while decoding."""
 
-    Attributes:
-        checkpoint: a pretraining run directory (its latest checkpoint) or a checkpoint directory.
-        out_dir: where results (and, by default, the log-mel store) go.
-        data: the labelled audio.
-        learner: how each readout is trained (lr, weight_decay and, when swept, invariance_lr come from the sweep).
-        sweep: the lr x weight-decay (x invariance-lr, learned readout) grid, chosen by validation score.
-        learn_invariance: run the ``learned`` readout (amortised encoders).
-        fixed: descriptors of ``fixed`` readouts (amortised encoders): ``"all"``, ``"0,1,0,0,1,0,0"`` (K numbers)
-            or ``"pitch_shift=0.5,fade_in=1,..."`` (every factor named).
-        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-        progress: show progress bars while decoding.
-    """
-
-    checkpoint: str | None = None
-    out_dir: str = "runs/readout"
     data: ReadoutDataConfig = field(default_factory=ReadoutDataConfig)
-    learner: ReadoutLearnerConfig = field(default_factory=ReadoutLearnerConfig)
-    sweep: SweepConfig = field(default_factory=SweepConfig)
-    learn_invariance: bool = True
-    fixed: list[str] = field(default_factory=lambda: ["all"])
-    device: str = "auto"
     progress: bool = True
 
 

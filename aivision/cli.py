@@ -6,11 +6,10 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
-from aiaudio.config import ConfigError, apply_overrides, load_yaml
-from aiaudio.engine.commands import add_config_command, run_command
+from aiaudio.config import apply_overrides, load_yaml
+from aiaudio.engine.commands import add_config_command, run_command, run_demo
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO_ROOT / "configs" / "vision" / "demo.yaml"
@@ -62,14 +61,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from aivision.demo import run_demo
+    from aivision.demo import run_demo as demo
 
-    if not DEMO_CONFIG.is_file():
-        raise ConfigError(f"the demo config {DEMO_CONFIG} is missing: run the demo from a source checkout")
-    start = time.perf_counter()
-    print(run_demo(Path(args.out), DEMO_CONFIG.parent, args.overrides))
-    print(f"demo finished in {time.perf_counter() - start:.0f} s; everything it wrote is under {args.out}")
-    return 0
+    return run_demo(DEMO_CONFIG, demo, args.out, args.overrides)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,6 +19,7 @@ from typing import Any
 
 from aiaudio.config import apply_overrides, load_yaml
 from aiaudio.engine.metrics import read_metrics
+from aiaudio.engine.pretraining import describe_run
 from aiaudio.eval.plots import learned_invariance_bars
 from aivision.linear import parse_linear_config, run_linear
 from aivision.pretraining import parse_config, run_pretrain
@@ -71,11 +72,8 @@ def run_demo(out: Path, config_dir: Path, overrides: list[str]) -> str:
 
 def format_report(runs: dict, reports: dict, learned: dict, plot: Path, elapsed: float, pretrain_seconds: float) -> str:
     lines = ["aivision demo: amortised invariance learning on built-in synthetic shapes (synthetic data, not a benchmark)", ""]
-    for name, (config, summary, records) in runs.items():
-        lines.append(
-            f"  pretrain {name:<9} {config.model.encoder} width {config.model.width}, {summary['steps']} steps of "
-            f"{config.trainer.batch_size}: loss {records[0]['loss']:.2f} -> {records[-1]['loss']:.2f}"
-        )
+    lines += [describe_run(name, config.model, config.trainer, summary, records)
+              for name, (config, summary, records) in runs.items()]
     columns = ["learned i", *FIXED.values(), "SimCLR"]
     lines += ["", "  linear readout on held-out images: accuracy % (shape, colour) or R^2 x 100 (position)", ""]
     header = f"  {'task':<42}" + "".join(f"{c:>11}" for c in columns) + f"{'learned S, A (%)':>20}"

@@ -19,9 +19,14 @@ from aiaudio.config import ConfigError, from_dict, require_directory, to_dict
 from aiaudio.engine.pretrained import PretrainedEncoder, load_encoder
 from aiaudio.engine.runtime import resolve_device
 from aiaudio.eval.episodes import SegmentPool
-from aiaudio.eval.fewshot import EpisodeConfig, EpisodeData, FewshotEvaluator, evaluate_encoder, write_report
-from aiaudio.eval.learner import LearnerConfig
-from aiaudio.eval.sweep import FewshotSweepConfig
+from aiaudio.eval.fewshot import (
+    EpisodeConfig,
+    EpisodeData,
+    FewshotEvaluator,
+    FewshotRunConfig,
+    evaluate_encoder,
+    write_report,
+)
 from aiaudio.seeding import generator_for
 from aivision.data import ImageEntry, image_folder_entries
 from aivision.linear import load_images
@@ -44,17 +49,19 @@ class FewshotImageDataConfig:
 
 
 @dataclass
-class VisionFewshotConfig:
-    checkpoint: str | None = None
-    baseline: str | None = None
-    out_dir: str = "runs/fewshot"
+class ImageEpisodeConfig(EpisodeConfig):
+    """Episodes as the paper's image tables: 16 queries per class, 2,000 test episodes."""
+
+    queries: int = 16
+    test_episodes: int = 2000
+
+
+@dataclass
+class VisionFewshotConfig(FewshotRunConfig):
+    """A few-shot run (see :class:`~aiaudio.eval.fewshot.FewshotRunConfig`) on an image set."""
+
     data: FewshotImageDataConfig = field(default_factory=FewshotImageDataConfig)
-    episodes: EpisodeConfig = field(default_factory=lambda: EpisodeConfig(queries=16, test_episodes=2000))
-    learner: LearnerConfig = field(default_factory=LearnerConfig)
-    sweep: FewshotSweepConfig = field(default_factory=FewshotSweepConfig)
-    fixed: list[str] = field(default_factory=lambda: ["all"])
-    sklearn: bool = False
-    device: str = "auto"
+    episodes: ImageEpisodeConfig = field(default_factory=ImageEpisodeConfig)
 
 
 def parse_fewshot_config(raw: dict[str, Any]) -> VisionFewshotConfig:

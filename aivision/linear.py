@@ -21,6 +21,7 @@ from aiaudio.engine.runtime import resolve_device
 from aiaudio.eval.labelled import (
     METRICS,
     LabelledDataConfig,
+    ReadoutRunConfig,
     labelled_targets,
     run_readouts,
     test_mask,
@@ -28,8 +29,7 @@ from aiaudio.eval.labelled import (
 )
 from aiaudio.eval.learner import feature_table
 from aiaudio.eval.plans import readout_plans
-from aiaudio.eval.readout import ReadoutData, ReadoutLearnerConfig
-from aiaudio.eval.sweep import SweepConfig
+from aiaudio.eval.readout import ReadoutData
 from aivision.augment import ImageInput
 from aivision.data import ImageEntry, ImageSet, csv_image_entries, image_folder_entries
 
@@ -43,18 +43,10 @@ class LinearDataConfig(LabelledDataConfig):
 
 
 @dataclass
-class LinearConfig:
-    """A readout run: ``checkpoint`` (a run or checkpoint directory), the data, the learner and its sweep, whether
-    to learn the invariance, and the fixed descriptors to read out at (``"all"``, ``"spatial=1,appearance=0"``)."""
+class LinearConfig(ReadoutRunConfig):
+    """A readout run (see :class:`~aiaudio.eval.labelled.ReadoutRunConfig`) on a labelled image set."""
 
-    checkpoint: str | None = None
-    out_dir: str = "runs/linear"
     data: LinearDataConfig = field(default_factory=LinearDataConfig)
-    learner: ReadoutLearnerConfig = field(default_factory=ReadoutLearnerConfig)
-    sweep: SweepConfig = field(default_factory=SweepConfig)
-    learn_invariance: bool = True
-    fixed: list[str] = field(default_factory=lambda: ["all"])
-    device: str = "auto"
 
 
 def parse_linear_config(raw: dict[str, Any]) -> LinearConfig:

@@ -10,7 +10,9 @@ import argparse
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 from aiaudio.config import ConfigError, DataError
 from aiaudio.engine.runtime import tune_cpu_allocator
@@ -37,6 +39,17 @@ def add_config_command(
     parser.add_argument("overrides", nargs="*", help=f"key.sub=value, e.g. {example}")
     parser.set_defaults(func=func)
     return parser
+
+
+def run_demo(config: Path, demo: Callable[[Path, Path, list[str]], str], out: str, overrides: list[str]) -> int:
+    """Run a modality's demo (``demo(out, config_dir, overrides) -> report``) from its config, print the report and
+    the wall time."""
+    if not config.is_file():
+        raise ConfigError(f"the demo config {config} is missing: run the demo from a source checkout")
+    start = time.perf_counter()
+    print(demo(Path(out), config.parent, overrides))
+    print(f"demo finished in {time.perf_counter() - start:.0f} s; everything it wrote is under {out}")
+    return 0
 
 
 def run_command(

@@ -248,6 +248,13 @@ def check_resume_config(
         )
 
 
+def describe_run(name: str, model: ModelConfig, trainer: TrainerConfig, summary: dict[str, Any],
+                 records: list[dict[str, Any]]) -> str:
+    """One line on a finished pretraining run: encoder, width, budget and the logged loss from first to last."""
+    return (f"  pretrain {name:<9} {model.encoder} width {model.width}, {summary['steps']} steps of "
+            f"{trainer.batch_size}: loss {records[0]['loss']:.2f} -> {records[-1]['loss']:.2f}")
+
+
 def run_pretraining(
     run_dir: Path | str,
     config: Any,

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from aiaudio.config import ConfigError
-from aiaudio.engine.checkpoint import latest_checkpoint, load_training_state, load_weights, save_checkpoint, unwrap
+from aiaudio.engine.checkpoint import latest_checkpoint, load_training_state, load_weights, save_checkpoint
 from aiaudio.engine.distributed import DistInfo
 from aiaudio.engine.metrics import MetricsLog
 from aiaudio.engine.sampling import StepBatchSampler

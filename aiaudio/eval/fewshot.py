@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from aiaudio.eval.learner import (
 from aiaudio.eval.plans import readout_plans
 from aiaudio.eval.plots import learned_invariance_bars
 from aiaudio.eval.stats import mean_ci
-from aiaudio.eval.sweep import SweepConfig
+from aiaudio.eval.sweep import FewshotSweepConfig, SweepConfig
 from aiaudio.invariance import InvarianceSpace
 from aiaudio.seeding import mix_seed
 
@@ -55,6 +55,22 @@ class EpisodeConfig:
     def __post_init__(self) -> None:
         if min(self.ways, self.shots, self.queries, self.test_episodes, self.val_episodes) < 1 or self.ways < 2:
             raise ValueError("episodes: ways must be >= 2; shots, queries, test_episodes and val_episodes >= 1")
+
+
+@dataclass
+class FewshotRunConfig:
+    """What every few-shot run sets besides its data and episodes (a modality adds ``data`` and ``episodes``):
+    the amortised ``checkpoint`` and/or a plain ``baseline`` (run or checkpoint directories), the learner, its sweep,
+    the fixed descriptors read out besides the learned one, optional scikit-learn readouts, and the device."""
+
+    checkpoint: str | None = None
+    baseline: str | None = None
+    out_dir: str = "runs/fewshot"
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    sweep: FewshotSweepConfig = field(default_factory=FewshotSweepConfig)
+    fixed: list[str] = field(default_factory=lambda: ["all"])
+    sklearn: bool = False
+    device: str = "auto"
 
 
 @dataclass

@@ -95,6 +95,30 @@ class LabelledDataConfig:
 
 
 @dataclass
+class ReadoutRunConfig:
+    """What every many-shot readout run sets besides its data (a modality adds ``data``).
+
+    Attributes:
+        checkpoint: a pretraining run directory (its latest checkpoint) or a checkpoint directory.
+        out_dir: where results go.
+        learner: how each readout is trained (lr, weight_decay and, when swept, invariance_lr come from the sweep).
+        sweep: the lr x weight-decay (x invariance-lr, learned readout) grid, chosen by validation score.
+        learn_invariance: run the ``learned`` readout (amortised encoders).
+        fixed: descriptors of ``fixed`` readouts (amortised encoders): ``"all"``, K numbers, or every factor named
+            (``"spatial=1,appearance=0"``).
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    """
+
+    checkpoint: str | None = None
+    out_dir: str = "runs/readout"
+    learner: ReadoutLearnerConfig = field(default_factory=ReadoutLearnerConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    learn_invariance: bool = True
+    fixed: list[str] = field(default_factory=lambda: ["all"])
+    device: str = "auto"
+
+
+@dataclass
 class LabelledTargets:
     """Targets of labelled items and, from a split column, which are test items.
 

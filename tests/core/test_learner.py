@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from aiaudio.eval.episodes import EpisodeSampler, SegmentPool
 from aiaudio.eval.learner import AmortisedFeatures, FrozenFeatures, LearnerConfig, feature_table, run_episodes

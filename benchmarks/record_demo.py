@@ -1,7 +1,10 @@
-"""Record an ``aiaudio demo`` run's figures as JSON: accuracy and interval per task and readout, learned i, machine.
+"""Record an ``aiaudio demo`` or ``aivision demo`` run's figures as JSON: scores per task and readout, learned i,
+machine, commit and seeds.
 
     aiaudio demo --out runs/demo
     python benchmarks/record_demo.py runs/demo benchmarks/results/demo_<machine>.json
+    aivision demo --out runs/vision_demo
+    python benchmarks/record_demo.py runs/vision_demo benchmarks/results/vision_demo_<machine>.json
 
 The demo's figures depend on the CPU's SIMD path (see the README), so each file names the machine and its
 ``torch.backends.cpu.get_cpu_capability()``.
@@ -26,7 +29,28 @@ def commit() -> str:
     return done.stdout.strip() or "unknown"
 
 
+def record_vision(demo_dir: Path) -> dict:
+    """Scores and learned i per task and readout of an ``aivision demo`` run."""
+    tasks = {}
+    for task_dir in sorted((demo_dir / "linear").iterdir()):
+        reports = {run.name: json.loads((run / "results.json").read_text(encoding="utf-8")) for run in task_dir.iterdir()}
+        tasks[task_dir.name] = {
+            f"{run}: {name}": {"metric": report["metric"], "test_score": result["test_score"],
+                               "val_score": result["val_score"], "descriptor": result["descriptor"]}
+            for run, report in reports.items() for name, result in report["readouts"].items()
+        }
+    return tasks
+
+
 def record(demo_dir: Path) -> dict:
+    if (demo_dir / "linear").is_dir():
+        pretrain = yaml_config(demo_dir / "ai_simclr" / "config.yaml")
+        return {
+            "benchmark": "vision_demo", "command": f"aivision demo --out {demo_dir}", "commit": commit(),
+            "machine": {**machine_info(torch.device("cpu")), "cpu_capability": torch.backends.cpu.get_cpu_capability()},
+            "seeds": {"pretraining": pretrain["trainer"]["seed"], "splits": 0}, "config": {"pretraining": pretrain},
+            "tasks": record_vision(demo_dir),
+        }
     tasks = {}
     for results in sorted((demo_dir / "fewshot").glob("*/results.json")):
         report = json.loads(results.read_text(encoding="utf-8"))
@@ -63,7 +87,7 @@ def main() -> None:
     report = record(args.demo_dir)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps({task: value["rows"] for task, value in report["tasks"].items()}, indent=2))
+    print(json.dumps(report["tasks"], indent=2))
 
 
 if __name__ == "__main__":

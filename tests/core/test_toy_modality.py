@@ -100,3 +100,31 @@ def test_fewshot_episodes_learn_an_invariance_on_the_toy(tmp_path: Path) -> None
     assert all(0.0 <= value <= 1.0 for value in learned["learned_i"])
     assert learned["learned_i"] != [0.5, 0.5]  # the descriptor moved from its start
     assert all(row["accuracy"] > 0.6 for row in rows_out)  # 3-way chance is 1/3; prototypes are far apart
+
+
+@pytest.mark.slow
+def test_moco_v2_queues_on_two_gloo_ranks_hold_only_their_descriptors_keys(tmp_path: Path):
+    """Two ranks: each step's keys are gathered from both ranks and queued in that step's descriptor's queue only;
+    the queues and weights of both ranks stay identical."""
+    import os
+    import subprocess
+    import sys
+
+    worker = Path(__file__).resolve().parent / "toy_ddp_worker.py"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(worker), str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-4000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    assert ranks[0]["seen"] == ranks[1]["seen"] and len(ranks[0]["seen"]) == 10
+    assert all(count == 8 for _, count in ranks[0]["seen"])  # 4 keys per rank, gathered from both
+    torch.testing.assert_close(ranks[0]["queue"], ranks[1]["queue"], rtol=0, atol=0)
+    torch.testing.assert_close(ranks[0]["queue_ptr"], ranks[1]["queue_ptr"], rtol=0, atol=0)
+    for key, value in ranks[0]["weights"].items():
+        torch.testing.assert_close(value, ranks[1]["weights"][key], rtol=0, atol=0, msg=key)
+    descriptors = ranks[0]["descriptors"]
+    expected = torch.zeros(len(descriptors), dtype=torch.long)
+    for descriptor, count in ranks[0]["seen"]:
+        row = next(i for i, d in enumerate(descriptors.tolist()) if d == descriptor)
+        expected[row] += count
+    torch.testing.assert_close(ranks[0]["queue_ptr"], expected % 128)
+    assert (expected > 0).sum() > 1  # several descriptors were drawn

@@ -44,6 +44,15 @@ def cmd_fewshot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_measure(args: argparse.Namespace) -> int:
+    from aivision.measure import parse_measure_config, run_measure
+
+    result = run_measure(parse_measure_config(apply_overrides(load_yaml(args.config), args.overrides)))
+    print((Path(result["out_dir"]) / "invariance.md").read_text(encoding="utf-8"))
+    print("wrote " + ", ".join(result["files"]))
+    return 0
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
     from aivision.embed import run_embed
 
@@ -79,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "checkpoint=runs/x data.root=/data/flowers")
     add_config_command(sub, "fewshot", "N-way K-shot episodes with a per-episode learned invariance", cmd_fewshot,
                        "checkpoint=runs/x data.root=/data/cub")
+    add_config_command(sub, "measure", "invariance table and plots of a pretrained image encoder", cmd_measure,
+                       "checkpoint=runs/x data.root=/data/imagenet100/val")
     p = sub.add_parser("embed", help="features of every image under a folder at a given invariance")
     p.add_argument("checkpoint", help="a pretraining run directory or a checkpoint directory")
     p.add_argument("folder", help="folder of images (any depth)")

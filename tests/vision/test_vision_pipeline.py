@@ -109,6 +109,13 @@ def test_pretrain_then_linear_fewshot_and_embed(shapes: Path, tmp_path: Path, me
     rows = json.loads((tmp_path / "fewshot" / "results.json").read_text())["rows"]
     assert [row["readout"] for row in rows][:2] == ["learned i", "i = all"] and rows[0]["episodes"] == 6
 
+    done = vision_command("measure", str(REPO / "configs" / "vision" / "measure.yaml"), f"checkpoint={run}",
+                          f"data.root={shapes / 'train'}", f"out_dir={tmp_path / 'measure'}", "images=8", "batch_size=8",
+                          "interpolation_steps=3", f"learned_results=[{tmp_path / 'linear'}]", "device=cpu")
+    assert done.returncode == 0, done.stderr
+    table = json.loads((tmp_path / "measure" / "invariance.json").read_text())
+    assert (tmp_path / "measure" / "learned_invariance.png").is_file() and "hflip" in json.dumps(table)
+
     out = tmp_path / "features.npz"
     done = vision_command("embed", str(run), str(shapes / "train"), str(out), "--invariance", "spatial=1,appearance=0.2",
                           "--device", "cpu")

@@ -177,18 +177,19 @@ def crop_boxes(
 
 def sample_boxes(images: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, size: int) -> torch.Tensor:
     """Resample each image's box ``(top, left, h, w)`` to ``size x size`` (bilinear), mirrored where ``flip``: one
-    ``grid_sample`` for the batch. ``images`` float ``[B, C, H, W]``."""
+    ``grid_sample`` for the batch. ``images`` float ``[B, C, H, W]``.
+
+    The map is axis-aligned, so the sampling grid is an outer sum of per-example row and column coordinates
+    (normalised, ``align_corners=False``), built without a matrix product.
+    """
     batch, _, height, width = images.shape
-    top, left, h, w = boxes.unbind(1)
-    # Normalised coordinates (align_corners=False) of the box centre and half-extent.
-    centre_x = (left + w / 2) / width * 2 - 1
-    centre_y = (top + h / 2) / height * 2 - 1
-    half_x = w / width * torch.where(flip, -1.0, 1.0)
-    half_y = h / height
-    theta = torch.zeros(batch, 2, 3, device=images.device, dtype=images.dtype)
-    theta[:, 0, 0], theta[:, 0, 2] = half_x, centre_x
-    theta[:, 1, 1], theta[:, 1, 2] = half_y, centre_y
-    grid = F.affine_grid(theta, [batch, images.shape[1], size, size], align_corners=False)
+    top, left, h, w = boxes.to(images.dtype).unbind(1)
+    steps = (torch.arange(size, device=images.device, dtype=images.dtype) + 0.5) / size * 2 - 1  # output pixel centres
+    sign = torch.where(flip, -1.0, 1.0).to(images.dtype)
+    xs = ((left + w / 2) / width * 2 - 1).view(-1, 1) + (w / width * sign).view(-1, 1) * steps  # [B, size]
+    ys = ((top + h / 2) / height * 2 - 1).view(-1, 1) + (h / height).view(-1, 1) * steps
+    grid = torch.stack([xs.view(batch, 1, size).expand(batch, size, size),
+                        ys.view(batch, size, 1).expand(batch, size, size)], dim=-1)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
@@ -230,17 +231,22 @@ def _per_example(values: torch.Tensor) -> torch.Tensor:
 def colour_jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
     """torchvision's ColorJitter with per-example factors and order.
 
+    At each of the four positions every active example takes its own adjustment; each adjustment runs once, on just
+    the examples that take it there (so the work is four passes over the batch, not sixteen).
+
     Args:
         x: float RGB in [0, 1], ``[B, 3, H, W]``.
         factors: ``[B, 4]``: brightness, contrast, saturation multipliers and the hue shift.
         order: ``[B, 4]``: each example's permutation of the four adjustments.
         active: ``[B]`` bool: which examples are jittered at all.
     """
+    x = x.clone()
     for position in range(4):
         step = order[:, position]
         for op in range(4):
-            chosen = _per_example(active & (step == op))
-            x = torch.where(chosen, _adjust(x, op, factors[:, op]), x)
+            rows = torch.nonzero(active & (step == op)).flatten()
+            if len(rows):
+                x[rows] = _adjust(x[rows], op, factors[rows, op])
     return x
 
 
@@ -253,14 +259,40 @@ def _adjust(x: torch.Tensor, op: int, factor: torch.Tensor) -> torch.Tensor:
         return (f * x + (1 - f) * mean).clamp(0, 1)
     if op == 2:  # saturation: blend with the luma image
         return (f * x + (1 - f) * grayscale(x)).clamp(0, 1)
-    hsv = rgb_to_hsv(x)
-    hue = (hsv[:, :1] + f) % 1.0
-    return hsv_to_rgb(torch.cat([hue, hsv[:, 1:]], dim=1))
+    return shift_hue(x, factor)
+
+
+def shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate each image's hue by ``shift`` turns (``[B]``), as torchvision's HSV round trip does, without forming
+    saturation and value: a pixel keeps its largest and smallest channel and moves along the hue hexagon."""
+    maxc, argmax = x.max(dim=1)
+    minc = x.min(dim=1).values
+    span = maxc - minc
+    r, g, b = x.unbind(1)
+    inverse = span.clamp_min(1e-12).reciprocal()
+    hue6 = torch.where(argmax == 0, ((g - b) * inverse) % 6,
+                       torch.where(argmax == 1, (b - r) * inverse + 2, (r - g) * inverse + 4))
+    hue6 = torch.where(span > 0, hue6, torch.zeros_like(hue6)) + 6 * (shift.view(-1, 1, 1) % 1.0)
+    channels = []
+    for n in (5.0, 3.0, 1.0):
+        k = (hue6 + n) % 6
+        channels.append(maxc - span * torch.clamp(torch.minimum(k, 4 - k), 0, 1))
+    return torch.stack(channels, dim=1)
 
 
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian blur with a per-example ``sigma`` (pixels), reflect padding; ``active`` examples only.
-    The kernel spans 3 sigma of the largest sigma either side (at most the image)."""
+    """Separable Gaussian blur with a per-example ``sigma`` (pixels), reflect padding; ``active`` examples only
+    (the others are not computed). The kernel spans 3 sigma of the largest active sigma either side (at most the
+    image)."""
+    rows = torch.nonzero(active).flatten()
+    if len(rows) == 0:
+        return x
+    out = x.clone()
+    out[rows] = _blur(x[rows], sigma[rows])
+    return out
+
+
+def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     batch, channels, height, width = x.shape
     radius = int(min(max(1, math.ceil(3 * float(sigma.max()))), (min(height, width) - 1) // 2))
     offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
@@ -270,7 +302,7 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, active: torch.Tensor) ->
     flat = F.pad(flat, (radius, radius, radius, radius), mode="reflect")
     flat = F.conv2d(flat, kernel.view(-1, 1, 1, 2 * radius + 1), groups=batch * channels)
     flat = F.conv2d(flat, kernel.view(-1, 1, 2 * radius + 1, 1), groups=batch * channels)
-    return torch.where(_per_example(active), flat.view_as(x), x)
+    return flat.view_as(x)
 
 
 class ImageAugment(nn.Module):
@@ -280,14 +312,18 @@ class ImageAugment(nn.Module):
         config: op parameters and gates.
         space: the invariance space whose factor names the gates refer to.
         output: the model input transform (output size and normalisation).
+        chunk_size: images per chunk on the CPU (see :meth:`forward`).
     """
 
-    def __init__(self, config: ImageAugmentConfig, space: InvarianceSpace, output: ImageInput) -> None:
+    def __init__(
+        self, config: ImageAugmentConfig, space: InvarianceSpace, output: ImageInput, chunk_size: int = 16
+    ) -> None:
         super().__init__()
         missing = sorted(set(config.gates.values()) - set(space.names))
         if missing:
             raise ValueError(f"augment.gates name factors {missing} that the space {list(space.names)} lacks")
         self.config, self.space, self.output = config, space, output
+        self.chunk_size = chunk_size
 
     def active_ops(self, descriptor: torch.Tensor) -> set[str]:
         factors = set(self.space.active_names(descriptor))
@@ -297,11 +333,26 @@ class ImageAugment(nn.Module):
         self, images: torch.Tensor, descriptor: torch.Tensor, generator: torch.Generator, view: int = 0
     ) -> torch.Tensor:
         """Normalised views ``[B, 3, s, s]`` of uint8 (or [0, 1] float) images ``[B, 3, S, S]``; ``view`` (0 or 1)
-        selects the per-view blur and solarisation probabilities."""
+        selects the per-view blur and solarisation probabilities.
+
+        Every random parameter of the batch is drawn first; the ops then run on chunks of ``chunk_size`` images
+        (on the CPU, so that each chunk's temporaries stay in cache; 0: the whole batch at once, as on a GPU).
+        """
+        params = self.draw(images.shape[0], images.shape[-2], images.shape[-1], descriptor, generator, view, images.device)
+        size = self.output.size
+        out = torch.empty(images.shape[0], images.shape[1], size, size, device=images.device)
+        chunk = self.chunk_size if self.chunk_size > 0 and images.device.type == "cpu" else images.shape[0]
+        for start in range(0, images.shape[0], chunk):
+            part = slice(start, start + chunk)
+            out[part] = self.apply(images[part], {name: value[part] for name, value in params.items()})
+        return out
+
+    def draw(
+        self, batch: int, height: int, width: int, descriptor: torch.Tensor, generator: torch.Generator, view: int,
+        device: torch.device,
+    ) -> dict[str, torch.Tensor]:
+        """Every per-example parameter of one view of a batch (absent ops get none)."""
         c, ops = self.config, self.active_ops(descriptor)
-        x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-        batch, _, height, width = x.shape
-        device = x.device
 
         def coin(p: float) -> torch.Tensor:
             return torch.rand(batch, generator=generator, device=device) < p
@@ -311,24 +362,37 @@ class ImageAugment(nn.Module):
         else:
             boxes = torch.tensor([0.0, 0.0, height, width], device=device).expand(batch, 4)
         flip = coin(c.flip_p) if "flip" in ops else torch.zeros(batch, dtype=torch.bool, device=device)
-        x = sample_boxes(x, boxes, flip, self.output.size)
+        params = {"boxes": boxes, "flip": flip}
         if "jitter" in ops:
-            active = coin(c.jitter_p)
-            factors = torch.stack([
+            params["jitter"] = coin(c.jitter_p)
+            params["factors"] = torch.stack([
                 _uniform(1 - c.brightness, 1 + c.brightness, batch, generator, device),
                 _uniform(1 - c.contrast, 1 + c.contrast, batch, generator, device),
                 _uniform(1 - c.saturation, 1 + c.saturation, batch, generator, device),
                 _uniform(-c.hue, c.hue, batch, generator, device),
             ], dim=1)
-            order = torch.argsort(torch.rand(batch, 4, generator=generator, device=device), dim=1)
-            x = colour_jitter(x, factors, order, active)
+            params["order"] = torch.argsort(torch.rand(batch, 4, generator=generator, device=device), dim=1)
         if "grayscale" in ops:
-            x = torch.where(_per_example(coin(c.grayscale_p)), grayscale(x).expand_as(x), x)
+            params["grayscale"] = coin(c.grayscale_p)
         if "blur" in ops and c.blur_p[view] > 0:
-            sigma = _uniform(c.blur_sigma[0], c.blur_sigma[1], batch, generator, device)
-            x = gaussian_blur(x, sigma, coin(c.blur_p[view]))
+            params["sigma"] = _uniform(c.blur_sigma[0], c.blur_sigma[1], batch, generator, device)
+            params["blur"] = coin(c.blur_p[view])
         if "solarize" in ops and c.solarize_p[view] > 0:
-            x = torch.where(_per_example(coin(c.solarize_p[view])) & (x >= 0.5), 1.0 - x, x)
+            params["solarize"] = coin(c.solarize_p[view])
+        return params
+
+    def apply(self, images: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The view of ``images`` under drawn ``params`` (see :meth:`draw`)."""
+        x = images.float() * (1.0 / 255.0) if images.dtype == torch.uint8 else images.float()
+        x = sample_boxes(x, params["boxes"], params["flip"], self.output.size)
+        if "jitter" in params:
+            x = colour_jitter(x, params["factors"], params["order"], params["jitter"])
+        if "grayscale" in params:
+            x = torch.where(_per_example(params["grayscale"]), grayscale(x).expand_as(x), x)
+        if "blur" in params:
+            x = gaussian_blur(x, params["sigma"], params["blur"])
+        if "solarize" in params:
+            x = torch.where(_per_example(params["solarize"]) & (x >= 0.5), 1.0 - x, x)
         return self.output.normalize(x)
 
 

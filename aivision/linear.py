@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from aiaudio.config import ConfigError, from_dict, require_directory, to_dict
@@ -22,6 +23,7 @@ from aiaudio.eval.labelled import (
     METRICS,
     LabelledDataConfig,
     ReadoutRunConfig,
+    LabelledTargets,
     labelled_targets,
     run_readouts,
     test_mask,
@@ -32,14 +34,29 @@ from aiaudio.eval.plans import readout_plans
 from aiaudio.eval.readout import ReadoutData
 from aivision.augment import ImageInput
 from aivision.data import ImageEntry, ImageSet, csv_image_entries, image_folder_entries
+from aivision.datasets import read_official
 
 
 @dataclass
 class LinearDataConfig(LabelledDataConfig):
-    """A labelled image set (see :class:`~aiaudio.eval.labelled.LabelledDataConfig`); ``resize``: the shorter side
-    before the centre crop to the encoder's input size (default: input size / 0.875)."""
+    """A labelled image set (see :class:`~aiaudio.eval.labelled.LabelledDataConfig`), or (``format: official``) one
+    of the paper's downstream sets in its official layout under ``root`` (:mod:`aivision.datasets`): ``official`` names
+    it (cifar10, flowers102, 300w, ...), ``train_split`` and ``test_split`` its splits (no ``test_split``: a seeded
+    ``test_fraction`` of the training split is the test set), ``options`` go to its reader (``fold``, ``label``, ...).
+    ``resize``: the shorter side before the centre crop to the encoder's input size (default: input size / 0.875)."""
 
+    FORMATS: ClassVar[tuple[str, ...]] = ("folder", "csv", "official")
+
+    official: str | None = None
+    train_split: str = "train"
+    test_split: str | None = "test"
+    options: dict[str, Any] = field(default_factory=dict)
     resize: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if (self.format == "official") != (self.official is not None):
+            raise ValueError("data.official names the set of data.format=official (and is used with it only)")
 
 
 @dataclass
@@ -53,7 +70,7 @@ def parse_linear_config(raw: dict[str, Any]) -> LinearConfig:
     config = from_dict(LinearConfig, raw)
     if not config.checkpoint:
         raise ConfigError("checkpoint is not set: give checkpoint=runs/<pretraining run> (or a checkpoint directory)")
-    if config.data.format == "folder":
+    if config.data.format in ("folder", "official"):
         require_directory(config.data.root, "data.root", "labelled image folder")
     elif not config.data.csv:
         raise ConfigError("data.csv is not set: give data.csv=/path/to/labels.csv")
@@ -81,15 +98,36 @@ def load_images(entries: list[ImageEntry], encoder: PretrainedEncoder, resize: i
     return ImageSet(entries, size, resize or round(size / 0.875)).load_all()
 
 
+def read_official_set(data: LinearDataConfig, encoder: PretrainedEncoder) -> tuple[torch.Tensor, LabelledTargets, int]:
+    """Images (at the encoder's size, or in memory), targets and split of an official set; and its item count."""
+    root = Path(data.root).expanduser()
+    parts = [read_official(data.official, root, data.train_split, **data.options)]
+    if data.test_split:
+        parts.append(read_official(data.official, root, data.test_split, **data.options))
+    if parts[0].task != data.task:
+        raise ConfigError(f"{data.official} is a {parts[0].task} set: set data.task={parts[0].task}")
+    if any(part.class_names != parts[0].class_names for part in parts):
+        raise ConfigError(f"{data.official}: splits {data.train_split} and {data.test_split} name different classes")
+    images = torch.cat([part.images if part.images is not None else load_images(part.entries, encoder, data.resize)
+                        for part in parts])
+    is_test = np.concatenate([np.full(len(part), index == 1) for index, part in enumerate(parts)])
+    labelled = LabelledTargets(np.concatenate([part.targets for part in parts]), parts[0].class_names,
+                               is_test if data.test_split else None)
+    return images, labelled, len(images)
+
+
 def run_linear(config: LinearConfig) -> dict[str, Any]:
     """Run every configured readout; write ``results.json`` and ``results.md`` to ``out_dir``; return the report."""
     data = config.data
     device = resolve_device(config.device)
-    entries = read_entries(data)
-    labelled = labelled_targets([e.key for e in entries], [e.labels for e in entries], data)
-    is_test = torch.from_numpy(test_mask(labelled, data))
     encoder = load_encoder(Path(config.checkpoint).expanduser(), device)
-    images = load_images(entries, encoder, data.resize)
+    if data.format == "official":
+        images, labelled, count = read_official_set(data, encoder)
+    else:
+        entries = read_entries(data)
+        labelled = labelled_targets([e.key for e in entries], [e.labels for e in entries], data)
+        images, count = load_images(entries, encoder, data.resize), len(entries)
+    is_test = torch.from_numpy(test_mask(labelled, data))
 
     def inputs(rows: torch.Tensor) -> torch.Tensor:
         return encoder.inputs(images[rows.cpu()])
@@ -110,10 +148,10 @@ def run_linear(config: LinearConfig) -> dict[str, Any]:
         "checkpoint": str(encoder.source), "fingerprint": encoder.fingerprint(), "amortised": encoder.amortised,
         "task": data.task, "metric": METRICS[data.task], "factors": list(encoder.space.names),
         "data": {
-            "format": data.format, "source": data.source, "images": len(entries), "train_images": len(train),
+            "format": data.format, "source": data.official or data.source, "images": count, "train_images": len(train),
             "test_images": len(test), "classes": labelled.class_names,
             "target_columns": list(data.target_columns) if data.task == "regression" else [],
-            "summary": f"{data.format} `{data.source}`: {len(entries)} images ({len(train)} train incl. validation, "
+            "summary": f"{data.format} `{data.official or data.source}`: {count} images ({len(train)} train incl. validation, "
                        f"{len(test)} test) at {images.shape[-1]} px",
         },
         "readouts": results,

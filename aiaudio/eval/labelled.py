@@ -13,7 +13,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -52,6 +52,9 @@ class LabelledDataConfig:
         seed: seed of the test and validation splits.
     """
 
+    #: The formats this modality reads (a modality with more widens it).
+    FORMATS: ClassVar[tuple[str, ...]] = ("folder", "csv")
+
     format: str = "folder"
     root: str | None = None
     csv: str | None = None
@@ -66,8 +69,8 @@ class LabelledDataConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.format not in ("folder", "csv"):
-            raise ValueError(f"data.format must be folder or csv, got {self.format!r}")
+        if self.format not in self.FORMATS:
+            raise ValueError(f"data.format must be one of {list(self.FORMATS)}, got {self.format!r}")
         if self.task not in METRICS:
             raise ValueError(f"data.task must be classification or regression, got {self.task!r}")
         if self.format == "folder" and self.task == "regression":

@@ -144,3 +144,40 @@ def test_bad_input_is_refused_before_work(shapes: Path, tmp_path: Path):
     assert done.returncode == 2 and "init=/nonexistent/moco.pth" in done.stderr
     done = vision_command("embed", str(tmp_path / "nothing"), str(shapes), str(tmp_path / "f.npz"))
     assert done.returncode == 2 and "nothing" in done.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_run(shapes: Path, tmp_path_factory) -> Path:
+    """A two-step amortised SimCLR run on the shapes (in process)."""
+    from aivision.pretraining import parse_config, run_pretrain
+
+    run = tmp_path_factory.mktemp("vision-run") / "run"
+    raw = load_yaml(REPO / "configs" / "vision" / "demo.yaml")
+    run_pretrain(parse_config(apply_overrides(raw, [f"data.root={shapes}", f"run_dir={run}", *TINY, "trainer.steps=2",
+                                                    "trainer.ckpt_every=2"])))
+    return run
+
+
+def test_linear_reads_an_official_layout_with_its_splits(tiny_run: Path, tmp_path: Path):
+    """CIFAR-10 in its official python-pickle layout: the official train and test batches are the splits."""
+    from test_official_readers import write_cifar10
+
+    from aivision.linear import parse_linear_config, run_linear
+
+    written = write_cifar10(tmp_path / "cifar", per_batch=6)
+    config = parse_linear_config(apply_overrides({}, [
+        f"checkpoint={tiny_run}", f"out_dir={tmp_path / 'out'}", "data.format=official", "data.official=cifar10",
+        f"data.root={tmp_path / 'cifar'}", "learner.epochs=2", "sweep.lrs=[0.1]", "sweep.weight_decays=[0.0]",
+        "device=cpu", "learn_invariance=false",
+    ]))
+    report = run_linear(config)
+    train_count = sum(len(labels) for name, (_, labels) in written.items() if name != "test_batch")
+    assert report["data"]["train_images"] == train_count and report["data"]["test_images"] == len(written["test_batch"][1])
+    assert report["data"]["source"] == "cifar10" and set(report["readouts"]) == {"fixed:all"}
+    with pytest.raises(ConfigError, match="data.task=classification"):
+        bad = parse_linear_config(apply_overrides({}, [
+            f"checkpoint={tiny_run}", "data.format=official", "data.official=cifar10", f"data.root={tmp_path / 'cifar'}",
+            "data.task=regression", "data.target_columns=[x]"]))
+        run_linear(bad)
+    with pytest.raises(ConfigError, match="data.official"):
+        parse_linear_config(apply_overrides({}, [f"checkpoint={tiny_run}", "data.format=official", f"data.root={tmp_path}"]))

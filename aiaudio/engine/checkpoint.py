@@ -12,14 +12,19 @@ Layout of a run directory::
           config.yaml                the resolved config
           encoder.json               how to rebuild the encoder and its input transform (see aiaudio.engine.pretrained)
           state.pt                   optimizer, scheduler and step, for exact resume
+          checksums.json             the SHA-256 of every file above, checked before a resume or a load
 
 A checkpoint is written into a hidden temporary directory, flushed, and renamed into place; only then is ``latest``
 replaced (write-then-rename). A crash at any moment leaves the previous checkpoint intact and ``latest`` pointing to a
-complete one.
+complete one. A checkpoint whose files no longer match their checksums (a truncated copy, a flipped bit) is passed
+over, with a warning, for the newest intact one (:func:`intact_checkpoints`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -32,7 +37,11 @@ from torch import nn
 
 from aiaudio.engine.files import atomic_write_text, fsync_file, publish_directory
 
+log = logging.getLogger(__name__)
+
 CHECKPOINT_FORMAT = 1
+CHECKSUMS = "checksums.json"
+REQUIRED_FILES: tuple[str, ...] = ("model.safetensors", "config.yaml", "state.pt")
 #: The ``format`` entry of every weights file's safetensors metadata.
 WEIGHTS_FORMAT_TAG = "amortised-invariance"
 
@@ -95,7 +104,9 @@ def save_checkpoint(
     for file_name, text in (extra_files or {}).items():
         (tmp / file_name).write_text(text, encoding="utf-8")
     torch.save({"format": CHECKPOINT_FORMAT, "step": step, **training_state}, tmp / "state.pt")
+    write_checksums(tmp)
     for file in tmp.iterdir():
+        os.chmod(file, 0o644)  # as readable as the rest of the run, whatever the writer's default
         fsync_file(file)
     publish_directory(tmp, final)
     atomic_write_text(root / "latest", name + "\n")
@@ -112,26 +123,85 @@ def _prune(root: Path, keep: int) -> None:
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint directory of a run, or None when it has none."""
+    """The checkpoint directory ``latest`` names (not checked against its checksums: see :func:`intact_checkpoints`),
+    or None when the run has none."""
     pointer = Path(run_dir) / "checkpoints" / "latest"
     if not pointer.is_file():
         return None
-    path = pointer.parent / pointer.read_text(encoding="utf-8").strip()
-    for required in ("model.safetensors", "config.yaml", "state.pt"):
-        if not (path / required).is_file():
-            raise FileNotFoundError(f"checkpoint {path} named by {pointer} lacks {required}")
-    return path
+    return pointer.parent / pointer.read_text(encoding="utf-8").strip()
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, in hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_checksums(directory: Path) -> None:
+    """Record the SHA-256 of every file of a checkpoint directory in its ``checksums.json``."""
+    sums = {p.name: file_sha256(p) for p in sorted(Path(directory).iterdir()) if p.is_file() and p.name != CHECKSUMS}
+    (Path(directory) / CHECKSUMS).write_text(json.dumps(sums, indent=2) + "\n", encoding="utf-8")
+
+
+def checkpoint_problem(directory: Path) -> str | None:
+    """Why a checkpoint directory cannot be trusted (a missing file, a checksum that does not match), or None.
+
+    A checkpoint written before checksums were recorded is trusted when its files are present.
+    """
+    directory = Path(directory)
+    for required in REQUIRED_FILES:
+        if not (directory / required).is_file():
+            return f"it lacks {required}"
+    listing = directory / CHECKSUMS
+    if not listing.is_file():
+        return None
+    try:
+        sums = json.loads(listing.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        return f"its {CHECKSUMS} does not read ({error})"
+    for name, expected in sums.items():
+        path = directory / name
+        if not path.is_file():
+            return f"it lacks {name}"
+        if file_sha256(path) != expected:
+            return f"{name} does not match its checksum (truncated or altered)"
+    return None
+
+
+def intact_checkpoints(run_dir: Path) -> list[Path]:
+    """The run's checkpoints to resume from, best first: ``latest``, then the others newest first, each checked
+    against its checksums; a damaged one is named in a warning and left out."""
+    root = Path(run_dir) / "checkpoints"
+    pointer = root / "latest"
+    named = [root / pointer.read_text(encoding="utf-8").strip()] if pointer.is_file() else []
+    others = sorted((p for p in root.glob("step_*") if p.is_dir() and p not in named), reverse=True)
+    intact = []
+    for candidate in named + others:
+        problem = checkpoint_problem(candidate)
+        if problem is None:
+            intact.append(candidate)
+        else:
+            log.warning("checkpoint %s is damaged (%s); passing over it", candidate, problem)
+    return intact
 
 
 def resolve_checkpoint(path: Path) -> Path:
     """A checkpoint directory from a run directory (its latest checkpoint) or a checkpoint directory itself."""
     path = Path(path)
     if (path / "model.safetensors").is_file():
+        problem = checkpoint_problem(path)
+        if problem is not None:
+            raise FileNotFoundError(f"checkpoint {path} is damaged: {problem}")
         return path
-    found = latest_checkpoint(path)
-    if found is None:
+    if latest_checkpoint(path) is None:
         raise FileNotFoundError(f"{path} is neither a checkpoint directory (with model.safetensors) nor a run directory with checkpoints/latest")
-    return found
+    intact = intact_checkpoints(path)
+    if not intact:
+        raise FileNotFoundError(f"{path} holds no intact checkpoint (each is damaged; see the warnings)")
+    return intact[0]
 
 
 def load_training_state(checkpoint: Path) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """What every command line of the toolkit shares: logging on rank 0, config subcommands, and error handling.
 
 A known error (a bad config key, a missing file, a data set that does not read) is printed as one line naming the
-key or file, exit code 2; a diverged run stops with exit code 3; anything else is a bug and keeps its traceback.
+key or file, exit code 2; a diverged run stops with exit code 3; a run stopped by SIGTERM (after saving its
+checkpoint) with exit code 4; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from aiaudio.config import ConfigError, DataError
+from aiaudio.engine.files import FolderInUseError
 from aiaudio.engine.runtime import tune_cpu_allocator
-from aiaudio.engine.trainer import NonFiniteLossError
+from aiaudio.engine.trainer import NonFiniteLossError, TrainingStopped
 
 
 def setup_logging() -> None:
@@ -62,9 +64,12 @@ def run_command(
     tune_cpu_allocator()
     try:
         return args.func(args)
-    except (ConfigError, DataError, FileNotFoundError, *known_errors) as error:
+    except (ConfigError, DataError, FileNotFoundError, FolderInUseError, *known_errors) as error:
         print(f"{program} {args.command}: error: {error}", file=sys.stderr)
         return 2
     except NonFiniteLossError as error:
         print(f"{program} {args.command}: stopped: {error}", file=sys.stderr)
         return 3
+    except TrainingStopped as error:
+        print(f"{program} {args.command}: {error}", file=sys.stderr)
+        return 4

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -29,11 +30,12 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_distributed(device: str = "auto") -> DistInfo:
+def init_distributed(device: str = "auto", timeout: float = 1800.0) -> DistInfo:
     """Join the torchrun process group when WORLD_SIZE > 1 (NCCL on CUDA, gloo on CPU); else a single process.
 
     Args:
         device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
+        timeout: seconds a collective waits for every rank before it fails.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -45,7 +47,8 @@ def init_distributed(device: str = "auto") -> DistInfo:
         torch.cuda.set_device(torch_device)
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if torch_device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
+        dist.init_process_group(backend=backend, rank=rank, world_size=world_size,
+                                timeout=datetime.timedelta(seconds=timeout))
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=torch_device)
 
 

@@ -8,11 +8,15 @@ built under a hidden sibling name and published the same way (an existing one is
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+
+from aiaudio.config import ConfigError
 
 
 def temporary_sibling(path: Path, tag: str = "tmp") -> Path:
@@ -73,3 +77,72 @@ def publish_directory(partial: Path, final: Path) -> None:
         shutil.rmtree(retired, ignore_errors=True)
     else:
         os.replace(partial, final)
+
+
+def ensure_writable_folder(folder: Path | str, what: str = "files") -> None:
+    """Create ``folder`` if needed and write and delete a probe file in it; a ConfigError naming it when either fails
+    (so a run stops at its start, not at its first checkpoint)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = temporary_sibling(folder / "write-test")
+        probe.write_bytes(b"0")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(f"{what} cannot be written to {folder} ({error}); choose a writable folder") from None
+
+
+class FolderInUseError(RuntimeError):
+    """Another live process holds the folder's lock."""
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path | str, what: str = "run") -> Iterator[Path]:
+    """Hold ``folder/.lock`` (host name, PID) while the block runs; refuse a lock that another live process holds.
+
+    A lock left by a process of this host that no longer runs is taken over. A lock of another host cannot be
+    checked from here, so it is refused with the advice to remove it once that process is known to be gone.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / ".lock"
+    me = {"host": socket.gethostname(), "pid": os.getpid()}
+    for _ in range(2):
+        try:
+            handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _read_lock(lock)
+            if holder.get("host") == me["host"] and not _alive(int(holder.get("pid", -1))):
+                lock.unlink(missing_ok=True)  # its holder died without releasing it
+                continue
+            raise FolderInUseError(
+                f"{folder} is in use by the {what} of process {holder.get('pid')} on host {holder.get('host')} "
+                f"({lock}); wait for it, choose another folder, or remove {lock} if that process is gone"
+            ) from None
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            json.dump(me, out)
+        break
+    try:
+        yield lock
+    finally:
+        if _read_lock(lock) == me:
+            lock.unlink(missing_ok=True)
+
+
+def _read_lock(lock: Path) -> dict:
+    try:
+        return json.loads(lock.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -9,6 +9,7 @@ encoder record (:mod:`aiaudio.engine.pretrained`), so evaluation never rebuilds 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -24,7 +25,7 @@ from torch.utils.data import Dataset
 from aiaudio.config import ConfigError, to_dict
 from aiaudio.engine.checkpoint import latest_checkpoint
 from aiaudio.engine.distributed import DistInfo, cleanup, init_distributed
-from aiaudio.engine.files import atomic_write_text
+from aiaudio.engine.files import atomic_write_text, ensure_writable_folder, folder_lock
 from aiaudio.engine.pretrained import ENCODER_RECORD, encoder_record
 from aiaudio.engine.trainer import Trainer, TrainerConfig
 from aiaudio.invariance import InvarianceSpace
@@ -40,9 +41,17 @@ log = logging.getLogger(__name__)
 #: Config keys whose change between an interrupted run and its resumption does not change what is computed.
 RESUME_SAFE_KEYS: tuple[str, ...] = (
     "trainer.steps", "trainer.log_every", "trainer.ckpt_every", "trainer.keep_checkpoints", "trainer.num_workers",
-    "trainer.progress", "trainer.tensorboard", "trainer.compile", "data.root", "data.cache_dir", "run_dir",
+    "trainer.progress", "trainer.tensorboard", "trainer.compile", "trainer.dist_timeout", "data.root", "data.cache_dir",
+    "run_dir",
 )
 METHODS: tuple[str, ...] = ("simclr", "mocov2", "mocov3")
+#: Keys that may change on resume but change what follows: each is warned about, with what it does.
+NOTED_ON_RESUME: dict[str, str] = {
+    "trainer.steps": "the learning-rate schedule is recomputed over the new total, so the rate at the resumed step "
+                     "changes (with a longer run it rises again along the new cosine) and the data order continues",
+    "data.root": "the run continues on the data found there; if that is another data set, this is not a resumption",
+    "data.cache_dir": "the run continues on the cache found there; if that holds other data, this is not a resumption",
+}
 
 
 @dataclass
@@ -239,6 +248,9 @@ def check_resume_config(
         except ConfigError as error:
             raise ConfigError(f"{saved_path} no longer parses ({error}); choose a new run_dir=...") from None
     saved, now = flatten(saved_raw), flatten(resolved)
+    for key in sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k) and k in NOTED_ON_RESUME):
+        log.warning("resuming %s with %s changed from %r to %r: %s", run_dir, key, saved.get(key), now.get(key),
+                    NOTED_ON_RESUME[key])
     changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k) and k not in safe_keys)
     if changed:
         details = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
@@ -274,19 +286,21 @@ def run_pretraining(
         normalize: see :func:`check_resume_config`.
         safe_keys: keys that may change on resume.
     """
-    dist_info = init_distributed(trainer.device)
+    dist_info = init_distributed(trainer.device, trainer.dist_timeout)
     try:
         run_dir = Path(run_dir)
-        resolved = to_dict(config)
-        check_resume_config(run_dir, resolved, normalize, safe_keys)
-        parts = build(dist_info)
-        if latest_checkpoint(run_dir) is None and parts.prepare is not None:
-            parts.prepare(dist_info)
         if dist_info.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
-        extra = {ENCODER_RECORD: json.dumps(parts.encoder_record, indent=2) + "\n"}
-        summary = Trainer(parts.model, parts.dataset, trainer, run_dir, resolved, dist_info, extra).fit()
+            ensure_writable_folder(run_dir / "checkpoints", "checkpoints")
+        with folder_lock(run_dir) if dist_info.is_main else contextlib.nullcontext():
+            resolved = to_dict(config)
+            check_resume_config(run_dir, resolved, normalize, safe_keys)
+            parts = build(dist_info)
+            if latest_checkpoint(run_dir) is None and parts.prepare is not None:
+                parts.prepare(dist_info)
+            if dist_info.is_main:
+                atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+            extra = {ENCODER_RECORD: json.dumps(parts.encoder_record, indent=2) + "\n"}
+            summary = Trainer(parts.model, parts.dataset, trainer, run_dir, resolved, dist_info, extra).fit()
         summary["run_dir"] = str(run_dir)
         summary.update(parts.summary)
         return summary

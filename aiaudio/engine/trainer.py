@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import logging
 import math
+import pickle
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +28,15 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from aiaudio.config import ConfigError
-from aiaudio.engine.checkpoint import latest_checkpoint, load_training_state, load_weights, save_checkpoint
+from aiaudio.engine.checkpoint import (
+    intact_checkpoints,
+    latest_checkpoint,
+    load_training_state,
+    load_weights,
+    save_checkpoint,
+)
 from aiaudio.engine.distributed import DistInfo
+from aiaudio.engine.files import ensure_writable_folder
 from aiaudio.engine.metrics import MetricsLog
 from aiaudio.engine.sampling import StepBatchSampler
 from aiaudio.engine.optim import OPTIMIZERS, SCHEDULES, build_optimizer, lr_multiplier, parameter_groups
@@ -45,6 +55,8 @@ class TrainerConfig:
     "constant", each after ``warmup_steps`` of linear warm-up.
     ``precision``: "auto" (bf16 autocast on CUDA, fp32 elsewhere), "bf16" or "fp32".
     ``channels_last``: "auto" (on CUDA), true or false.
+    ``dist_timeout``: seconds a collective waits for every rank before the run fails (a hung rank then stops the
+    others instead of blocking them forever).
     """
 
     steps: int = 1000
@@ -72,6 +84,7 @@ class TrainerConfig:
     num_workers: int = 4
     seed: int = 0
     device: str = "auto"
+    dist_timeout: float = 1800.0
     tensorboard: bool = True
     progress: bool = True
 
@@ -104,6 +117,8 @@ class TrainerConfig:
                              f"{self.gamma}, {self.milestones}")
         if not self.grad_clip >= 0:
             raise ValueError(f"trainer.grad_clip must be >= 0 (0: off), got {self.grad_clip}")
+        if not self.dist_timeout > 0:
+            raise ValueError(f"trainer.dist_timeout must be positive seconds, got {self.dist_timeout}")
         if self.keep_checkpoints < 1:
             raise ValueError(
                 f"trainer.keep_checkpoints must be at least 1 (the newest checkpoint is always kept), got "
@@ -149,6 +164,10 @@ class TrainingModule(nn.Module):
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TrainingStopped(RuntimeError):
+    """The run was asked to stop (SIGTERM, as a preempting scheduler sends) and saved a checkpoint first."""
 
 
 class NonFiniteStateError(NonFiniteLossError):
@@ -197,6 +216,8 @@ class Trainer:
                 f"{dist_info.world_size} ranks"
             )
         self.extra_files = dict(extra_files or {})
+        if dist_info.is_main:
+            ensure_writable_folder(Path(run_dir) / "checkpoints", "checkpoints")
         self.config = config
         self.run_dir = Path(run_dir)
         self.resolved_config = resolved_config
@@ -227,9 +248,17 @@ class Trainer:
             self.train_model = DistributedDataParallel(self.model, device_ids=device_ids)
 
     def _resume(self) -> int:
-        checkpoint = latest_checkpoint(self.run_dir)
-        if checkpoint is None:
+        """Load the newest intact checkpoint (a damaged one is passed over with a warning); 0 for a fresh run."""
+        if latest_checkpoint(self.run_dir) is None:
             return 0
+        for checkpoint in intact_checkpoints(self.run_dir):
+            try:
+                return self._load(checkpoint)
+            except (OSError, RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as error:
+                log.warning("checkpoint %s does not load (%s); trying the one before", checkpoint, error)
+        raise RuntimeError(f"{self.run_dir} holds checkpoints but none is intact; move them away to start afresh")
+
+    def _load(self, checkpoint: Path) -> int:
         state = load_training_state(checkpoint)
         if state.get("world_size", 1) != self.dist.world_size:
             log.warning(
@@ -285,6 +314,9 @@ class Trainer:
             summary["checkpoint"] = str(latest_checkpoint(self.run_dir))
             return summary
         metrics = MetricsLog(self.run_dir, self.start_step, enabled=self.dist.is_main, tensorboard=cfg.tensorboard)
+        self._sigterm = False
+        handles_signals = threading.current_thread() is threading.main_thread()  # signals reach the main thread only
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm) if handles_signals else None
         bf16 = cfg.use_bf16(self.device)
         progress = tqdm(
             total=total, initial=self.start_step, disable=not (self.dist.is_main and cfg.progress),
@@ -319,8 +351,9 @@ class Trainer:
                         window_extra[key] = window_extra.get(key, 0.0) + value.detach().double()
                 window_steps += 1
                 done = step + 1
-                at_log = done % cfg.log_every == 0 or done == total
-                at_ckpt = done % cfg.ckpt_every == 0 or done == total
+                stopping = self._stop_requested()
+                at_log = done % cfg.log_every == 0 or done == total or stopping
+                at_ckpt = done % cfg.ckpt_every == 0 or done == total or stopping
                 if not (at_log or at_ckpt):
                     continue
                 self._raise_if_non_finite(first_bad)
@@ -346,11 +379,29 @@ class Trainer:
                 if at_ckpt and self.dist.distributed:
                     dist.barrier()
                 progress.update(done - progress.n)
+                if stopping:
+                    raise TrainingStopped(
+                        f"stopped by SIGTERM after step {done} of {total}; the checkpoint of step {done} is saved in "
+                        f"{self.run_dir}: rerun the same command to resume"
+                    )
         finally:
             progress.close()
             metrics.close()
+            if handles_signals:
+                signal.signal(signal.SIGTERM, previous)
         summary["final_step"] = step + 1
         return summary
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        self._sigterm = True
+
+    def _stop_requested(self) -> bool:
+        """Whether any rank was sent SIGTERM (agreed across ranks, so that all save and stop at the same step)."""
+        if not self.dist.distributed:
+            return self._sigterm
+        flag = torch.tensor([int(self._sigterm)], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
 
     def _raise_if_state_non_finite(self, done: int) -> None:
         """Stop before a checkpoint that would hold a NaN or infinite parameter or buffer (checked on every rank)."""

@@ -128,3 +128,78 @@ def test_moco_v2_queues_on_two_gloo_ranks_hold_only_their_descriptors_keys(tmp_p
         expected[row] += count
     torch.testing.assert_close(ranks[0]["queue_ptr"], expected % 128)
     assert (expected > 0).sum() > 1  # several descriptors were drawn
+
+
+def flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["bit flip", "truncation"])
+def test_a_damaged_latest_checkpoint_is_passed_over_for_the_previous_intact_one(tmp_path: Path, damage: str, caplog):
+    pretrain(tmp_path / "run", "mocov2")
+    latest = latest_checkpoint(tmp_path / "run")
+    assert latest.name == "step_00000008" and (latest / "checksums.json").is_file()
+    assert (latest / "model.safetensors").stat().st_mode & 0o777 == 0o644
+    weights = latest / "model.safetensors"
+    if damage == "bit flip":
+        flip_a_byte(weights)
+    else:
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 3])
+    with caplog.at_level("WARNING"):
+        encoder = load_encoder(tmp_path / "run")  # the evaluation side falls back too
+    assert encoder.source.name == "step_00000004"
+    assert any("step_00000008 is damaged" in r.getMessage() for r in caplog.records)
+    with pytest.raises(FileNotFoundError, match="damaged"):
+        load_encoder(latest)  # named directly, a damaged checkpoint is refused
+    summary = pretrain(tmp_path / "run", "mocov2", steps=12)
+    assert summary["start_step"] == 4 and summary["final_step"] == 12
+
+
+def test_resuming_with_more_steps_says_what_the_schedule_does(tmp_path: Path, caplog):
+    pretrain(tmp_path / "run", "simclr")
+    with caplog.at_level("WARNING"):
+        pretrain(tmp_path / "run", "simclr", steps=12)
+    assert any("trainer.steps changed from 8 to 12" in r.getMessage() and "schedule is recomputed" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_sigterm_saves_a_checkpoint_and_the_rerun_ends_where_an_uninterrupted_run_does(tmp_path: Path):
+    from aiaudio.engine.trainer import TrainingStopped
+
+    pretrain(tmp_path / "whole", "mocov2")
+    with pytest.raises(TrainingStopped, match="after step 3 of 8"):  # the signal arrives while step 3 reads its batch
+        pretrain(tmp_path / "stopped", "mocov2", ToyVectors(sigterm_after=8 * 2 + 1))
+    assert latest_checkpoint(tmp_path / "stopped").name == "step_00000003"
+    assert pretrain(tmp_path / "stopped", "mocov2")["start_step"] == 3
+    whole = load_file(str(latest_checkpoint(tmp_path / "whole") / "model.safetensors"))
+    resumed = load_file(str(latest_checkpoint(tmp_path / "stopped") / "model.safetensors"))
+    for key in whole:
+        torch.testing.assert_close(resumed[key], whole[key], rtol=0, atol=0, msg=key)
+
+
+def test_a_run_directory_in_use_is_refused_and_a_dead_holders_lock_taken_over(tmp_path: Path):
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    from aiaudio.engine.files import FolderInUseError, folder_lock
+
+    with folder_lock(tmp_path / "run"):
+        with pytest.raises(FolderInUseError, match=f"process {__import__('os').getpid()}"):
+            pretrain(tmp_path / "run", "simclr")
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / "run" / ".lock").write_text(json.dumps({"host": socket.gethostname(), "pid": int(finished.stdout)}))
+    assert pretrain(tmp_path / "run", "simclr")["final_step"] == 8  # a dead holder's lock is taken over
+    assert not (tmp_path / "run" / ".lock").exists()  # and released at the end
+    (tmp_path / "run" / ".lock").write_text(json.dumps({"host": "another-host", "pid": 1}))
+    with pytest.raises(FolderInUseError, match="another-host"):
+        pretrain(tmp_path / "run", "simclr", steps=10)
+
+
+def test_an_unwritable_run_directory_is_refused_before_training(tmp_path: Path):
+    (tmp_path / "a_file").write_text("not a folder")
+    with pytest.raises(ConfigError, match="cannot be written|Not a directory|not a directory"):
+        pretrain(tmp_path / "a_file" / "run", "simclr")

@@ -7,6 +7,8 @@ methods, trainer, checkpoints with encoder records, loading, few-shot) is the co
 
 from __future__ import annotations
 
+import os
+import signal
 from typing import Any
 
 import torch
@@ -28,14 +30,18 @@ class ToyVectors(Dataset):
     """``classes`` prototypes in R^DIM; item ``i`` is prototype ``i % classes`` plus a little fixed noise.
 
     ``crash_after``: raise after this many item reads (a simulated kill mid-run); None never.
+    ``sigterm_after``: send this process SIGTERM (as a preempting scheduler does) at that read; None never.
     """
 
-    def __init__(self, size: int = 64, classes: int = 4, seed: int = 0, crash_after: int | None = None) -> None:
+    def __init__(
+        self, size: int = 64, classes: int = 4, seed: int = 0, crash_after: int | None = None,
+        sigterm_after: int | None = None,
+    ) -> None:
         generator = torch.Generator().manual_seed(seed)
         self.prototypes = torch.randn(classes, DIM, generator=generator) * 2
         self.labels = torch.arange(size) % classes
         self.items = self.prototypes[self.labels] + 0.1 * torch.randn(size, DIM, generator=generator)
-        self.crash_after, self.reads = crash_after, 0
+        self.crash_after, self.sigterm_after, self.reads = crash_after, sigterm_after, 0
 
     def __len__(self) -> int:
         return len(self.items)
@@ -44,6 +50,8 @@ class ToyVectors(Dataset):
         self.reads += 1
         if self.crash_after is not None and self.reads > self.crash_after:
             raise RuntimeError("simulated kill")
+        if self.sigterm_after is not None and self.reads == self.sigterm_after:
+            os.kill(os.getpid(), signal.SIGTERM)
         return self.items[key[0]]
 
 

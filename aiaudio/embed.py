@@ -33,11 +33,11 @@ def run_embed(
     """Embed every audio file under ``folder`` and write the ``.npz`` to ``out``; returns its path."""
     target = resolve_device(device)
     model = load_encoder(checkpoint, target)
+    descriptor = model.descriptor(invariance)  # a bad invariance stops here, before any audio is decoded
     data = DataConfig(root=folder, format="folder", cache_dir=cache_dir, sample_rate=logmel_of(model).config.sample_rate)
-    cache_data(data, progress=False)
+    cache_data(data, progress=False, follow_entries=True)
     cache = WaveformCache(data.resolved_cache_dir())
     length = int(round(seconds * data.sample_rate))
-    descriptor = model.descriptor(invariance)
     features = torch.zeros(len(cache), model.num_features)
     pending: list[np.ndarray] = []
     owners: list[int] = []

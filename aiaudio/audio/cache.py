@@ -136,6 +136,7 @@ def build_cache(
     overwrite: bool = False,
     source: str = "",
     file_timeout: float | None = DEFAULT_FILE_TIMEOUT,
+    follow_entries: bool = False,
 ) -> CacheReport:
     """Decode ``entries`` once into a waveform cache at ``out_dir``.
 
@@ -152,6 +153,8 @@ def build_cache(
         workers: Decoding processes; ``None`` uses every CPU, 0 or 1 decodes in this process.
         progress: Show a progress bar (on stderr).
         overwrite: Rebuild even if an up-to-date cache is present, or replace a cache of other entries.
+        follow_entries: A cache of other entries is rebuilt rather than refused (a cache that tracks one folder,
+            as ``aiaudio embed`` keeps, follows the files added to or removed from it).
         source: Free-text description of the data source, stored in ``meta.json``.
         file_timeout: Seconds a worker process may spend on one file (None: no limit). Decoding in this process
             (``workers`` 0 or 1) cannot be interrupted and has no limit.
@@ -175,12 +178,14 @@ def build_cache(
     stale = ""
     if existing is not None and not overwrite:
         if existing.meta.get("entries_fingerprint") != fingerprint:
-            raise CacheError(
-                f"{out_dir} already holds a waveform cache built from other entries or another sample rate; "
-                "pass overwrite=True to replace it (or delete the folder and run `aiaudio cache` again), "
-                "or choose another folder"
-            )
-        stale = _stale_reason(out_dir, entries, signatures)
+            if not follow_entries:
+                raise CacheError(
+                    f"{out_dir} already holds a waveform cache built from other entries or another sample rate; "
+                    "rebuild it with `aiaudio cache CONFIG --overwrite` (in Python: overwrite=True), delete the "
+                    "folder, or choose another folder"
+                )
+            stale = "the listed files changed (a file added, removed or renamed)"
+        stale = stale or _stale_reason(out_dir, entries, signatures)
         if not stale:
             return CacheReport(
                 out_dir=out_dir,

@@ -66,12 +66,15 @@ def cache_entries(config: DataConfig) -> list[ClipEntry]:
     return folder_entries(root)
 
 
-def cache_data(data: DataConfig, progress: bool = True, overwrite: bool = False) -> CacheReport:
-    """Build (or confirm) the waveform cache of ``data``; ``overwrite`` rebuilds a different one."""
+def cache_data(
+    data: DataConfig, progress: bool = True, overwrite: bool = False, follow_entries: bool = False
+) -> CacheReport:
+    """Build (or confirm) the waveform cache of ``data``; ``overwrite`` rebuilds it anyway; ``follow_entries``
+    rebuilds a cache whose files were added, removed or renamed instead of refusing it."""
     return build_cache(
         cache_entries(data), data.resolved_cache_dir(), sample_rate=data.sample_rate, workers=data.cache_workers,
         progress=progress, overwrite=overwrite, source=f"{data.format}:{data.root}:{data.split}",
-        file_timeout=data.file_timeout,
+        file_timeout=data.file_timeout, follow_entries=follow_entries,
     )
 
 

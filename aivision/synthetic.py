@@ -48,7 +48,7 @@ def render_shapes(count: int, size: int, generator: torch.Generator) -> tuple[to
         "colour": torch.randint(len(COLOURS), (count,), generator=generator),
         "x": 0.25 + 0.5 * torch.rand(count, generator=generator),
         "y": 0.25 + 0.5 * torch.rand(count, generator=generator),
-        "size": 0.12 + 0.1 * torch.rand(count, generator=generator),
+        "size": 0.16 + 0.12 * torch.rand(count, generator=generator),
         "rotation": 2 * math.pi * torch.rand(count, generator=generator),
     }
     fine = 2 * size
@@ -83,7 +83,7 @@ def generate_shapes(root: Path, num_images: int = 1000, size: int = 64, seed: in
     An existing complete set with the same parameters is reused.
     """
     root = Path(root)
-    stamp = f"shapes v1: {num_images} images, {size} px, seed {seed}\n"
+    stamp = f"shapes v2: {num_images} images, {size} px, seed {seed}\n"
     if (root / "DONE").is_file() and (root / "DONE").read_text(encoding="utf-8") == stamp:
         return root
     generator = torch.Generator().manual_seed(seed)

@@ -65,6 +65,17 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         if self.invariance.min_active is None:
             self.invariance.min_active = 2  # the 120 CLAR descriptors with at least two augmentations on
+        if not 0 <= self.invariance.min_active <= len(CLAR_NAMES):
+            raise ValueError(
+                f"invariance.min_active must lie in [0, {len(CLAR_NAMES)}] (the CLAR space has {len(CLAR_NAMES)} "
+                f"factors), got {self.invariance.min_active}"
+            )
+        crop = int(round(self.data.crop_seconds * self.data.sample_rate))
+        if crop < self.frontend.n_fft:
+            raise ValueError(
+                f"data.crop_seconds={self.data.crop_seconds} gives {crop} samples, fewer than one FFT window "
+                f"(frontend.n_fft={self.frontend.n_fft}); use at least {self.frontend.n_fft / self.data.sample_rate:.3f} s"
+            )
         if self.frontend.sample_rate != self.data.sample_rate:
             raise ValueError(
                 f"frontend.sample_rate ({self.frontend.sample_rate}) must equal data.sample_rate ({self.data.sample_rate})"

@@ -112,3 +112,21 @@ def test_cache_reports_bad_metadata_as_an_error_naming_the_file(tmp_path):
     result = run(["cache", CONFIG, f"data.root={tmp_path}", f"data.cache_dir={tmp_path / 'cache'}", "--quiet"])
     assert result.returncode == 2
     assert "dev.csv" in result.stderr and "Meow" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("override,message", [
+    ("invariance.min_active=9", "invariance.min_active must lie in \\[0, 7\\]"),
+    ("data.crop_seconds=0.01", "fewer than one FFT window"),
+    ("trainer.lr=-1", "trainer.lr must be a positive number"),
+    ("trainer.keep_checkpoints=0", "keep_checkpoints must be at least 1"),
+    ("trainer.batch_size=1", "batch_size must be at least 2"),
+    ("model.width=0", "model.width must be positive"),
+    ("method.temperature=0", "method.temperature must be positive"),
+    ("trainer.device=cuda:7", "CUDA is not available|device"),
+])
+def test_bad_values_are_refused_at_start_naming_the_key(tmp_path, override, message):
+    if override.startswith("trainer.device") and __import__("torch").cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    done = run(["pretrain", CONFIG, f"data.root={tmp_path}", f"run_dir={tmp_path / 'run'}", override], timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert __import__("re").search(message, done.stderr), done.stderr

@@ -10,8 +10,9 @@ fan-in initialisation of a ``P*D``-input layer, which starts the token at the va
 paper's average of P independently initialised MLPs starts P times smaller (256 times for P = 256) and so barely
 moves the blocks at first.
 
-Importing this module registers ``prompt_vit_{tiny,small,base}_patch16_224`` with timm; like every invariance
-encoder they take ``inv_dim`` and ``in_chans`` (and ``prompts``, ``img_size``, ``stop_grad_patch_embed``, ...).
+Importing this module registers ``prompt_vit_{tiny,small,base}_patch16_224`` and the plain baselines
+``plain_vit_{tiny,small,base}_patch16_224`` with timm; like every invariance encoder they take ``inv_dim`` and
+``in_chans`` (and ``prompts``, ``img_size``, ``stop_grad_patch_embed``, ...).
 :func:`load_moco_v3_checkpoint` initialises one from a MoCo-v3 checkpoint file, as the paper does.
 """
 
@@ -112,15 +113,37 @@ class PromptViT(VisionTransformer):
         return self.forward_head(self.forward_features(x, i))
 
 
-def _prompt_vit(size: str, pretrained: bool, inv_dim: int | None, kwargs: dict[str, Any]) -> PromptViT:
+class PlainViT(VisionTransformer):
+    """The plain ViT baseline (MoCo-v3's): the class token after the final norm; the descriptor is ignored."""
+
+    amortised = False
+
+    def __init__(self, stop_grad_patch_embed: bool = False, **kwargs: Any) -> None:
+        kwargs.setdefault("num_classes", 0)
+        kwargs.setdefault("global_pool", "token")
+        super().__init__(**kwargs)
+        self.stop_grad_patch_embed = stop_grad_patch_embed
+        if stop_grad_patch_embed:
+            self.patch_embed.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor, i: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+        return self.forward_head(self.forward_features(x))
+
+
+def _vit_options(size: str, pretrained: bool, name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
         kwargs.pop(key, None)
     if pretrained:
-        raise ValueError(f"prompt_vit_{size}_patch16_224 has no pretrained weights; use init=<MoCo-v3 checkpoint>")
-    if inv_dim is None:
-        raise ValueError(f"prompt_vit_{size}_patch16_224 needs inv_dim (the descriptor length K), e.g. inv_dim=2")
+        raise ValueError(f"{name} has no pretrained weights; use init=<MoCo-v3 checkpoint>")
     dim, depth, heads = VIT_SIZES[size]
-    options = {"patch_size": 16, "embed_dim": dim, "depth": depth, "num_heads": heads, **kwargs}
+    return {"patch_size": 16, "embed_dim": dim, "depth": depth, "num_heads": heads, **kwargs}
+
+
+def _prompt_vit(size: str, pretrained: bool, inv_dim: int | None, kwargs: dict[str, Any]) -> PromptViT:
+    name = f"prompt_vit_{size}_patch16_224"
+    options = _vit_options(size, pretrained, name, kwargs)
+    if inv_dim is None:
+        raise ValueError(f"{name} needs inv_dim (the descriptor length K), e.g. inv_dim=2")
     return PromptViT(inv_dim, **options)
 
 
@@ -142,6 +165,24 @@ def prompt_vit_base_patch16_224(pretrained: bool = False, *, inv_dim: int | None
     return _prompt_vit("base", pretrained, inv_dim, kwargs)
 
 
+@register_model
+def plain_vit_tiny_patch16_224(pretrained: bool = False, *, inv_dim: int | None = None, **kwargs: Any) -> PlainViT:
+    """Plain ViT-Ti/16 baseline (``inv_dim`` accepted and unused)."""
+    return PlainViT(**_vit_options("tiny", pretrained, "plain_vit_tiny_patch16_224", kwargs))
+
+
+@register_model
+def plain_vit_small_patch16_224(pretrained: bool = False, *, inv_dim: int | None = None, **kwargs: Any) -> PlainViT:
+    """Plain ViT-S/16 baseline (``inv_dim`` accepted and unused)."""
+    return PlainViT(**_vit_options("small", pretrained, "plain_vit_small_patch16_224", kwargs))
+
+
+@register_model
+def plain_vit_base_patch16_224(pretrained: bool = False, *, inv_dim: int | None = None, **kwargs: Any) -> PlainViT:
+    """Plain ViT-B/16 baseline, MoCo-v3's (``inv_dim`` accepted and unused)."""
+    return PlainViT(**_vit_options("base", pretrained, "plain_vit_base_patch16_224", kwargs))
+
+
 def moco_v3_encoder_state(state: Mapping[str, torch.Tensor], prefix: str = "module.base_encoder.") -> dict[str, torch.Tensor]:
     """The backbone weights of a MoCo-v3 checkpoint's ``state_dict``: keys under ``prefix``, without the projector
     (``head.*``), with the prefix removed."""
@@ -149,7 +190,7 @@ def moco_v3_encoder_state(state: Mapping[str, torch.Tensor], prefix: str = "modu
     return {key: value for key, value in out.items() if not key.startswith("head.")}
 
 
-def load_moco_v3_checkpoint(model: PromptViT, path: str | Path) -> list[str]:
+def load_moco_v3_checkpoint(model: VisionTransformer, path: str | Path) -> list[str]:
     """Initialise ``model``'s ViT from a MoCo-v3 checkpoint file (``{"state_dict": {"module.base_encoder....": ...}}``
     as facebookresearch/moco-v3 writes it); returns the model keys the file did not set (the prompt's).
 

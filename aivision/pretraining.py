@@ -28,7 +28,7 @@ from aiaudio.invariance import InvarianceSpace
 from aiaudio.methods.pretrainer import ContrastivePretrainer
 from aivision.augment import IMAGENET_MEAN, IMAGENET_STD, ImageAugment, ImageAugmentConfig, ImageInput, ImageViews
 from aivision.data import ImageSet, image_folder_entries
-from aivision.models import PromptViT, load_moco_v3_checkpoint
+from aivision.models import PlainViT, PromptViT, load_moco_v3_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +127,8 @@ def build_pretrainer(
 def initialise_from(model: ContrastivePretrainer, path: str) -> None:
     """Start a Prompt-ViT from a MoCo-v3 checkpoint file (the query side, then its momentum copy)."""
     encoder = model.method.encoder
-    if not isinstance(encoder, PromptViT):
-        raise ConfigError(f"init={path} starts a Prompt-ViT from MoCo-v3 weights; model.encoder is {type(encoder).__name__}")
+    if not isinstance(encoder, (PromptViT, PlainViT)):
+        raise ConfigError(f"init={path} starts a ViT from MoCo-v3 weights; model.encoder is {type(encoder).__name__}")
     left = load_moco_v3_checkpoint(encoder, path)
     model.method.encoder_loaded()
     log.info("initialised the ViT from %s (%d prompt tensors start fresh)", path, len(left))

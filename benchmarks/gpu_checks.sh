@@ -10,7 +10,7 @@
 # the CPU with small shapes, to check the script itself on a machine without a GPU.
 #
 # Writes to OUT_DIR: cuda_tests.log, augment_throughput_waveform.json, augment_throughput_spectrogram.json,
-# pretrain_step.json, fewshot_throughput.json, vision_augment_throughput.json, demo.log (and each step's stderr as *.err). A failing step is reported
+# pretrain_step.json, fewshot_throughput.json, vision_augment_throughput.json, vision_pretrain_step.json, demo.log (and each step's stderr as *.err). A failing step is reported
 # and the others still run; the exit status is that of the first failure.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -49,9 +49,12 @@ step augment_throughput_waveform.json 75 "$python" benchmarks/augment_throughput
 small_on_cpu=()  # on the CPU, the pretraining step at the smaller shapes of RESULTS.md's CPU row
 if [ "$device" = cpu ]; then small_on_cpu=(--batch-size 16 --seconds 2 --width 0.5); fi
 step pretrain_step.json 100 "$python" benchmarks/pretrain_step.py --device "$device" "${small_on_cpu[@]}"
-step fewshot_throughput.json 140 "$python" benchmarks/fewshot_throughput.py --device "$device"
+step fewshot_throughput.json 110 "$python" benchmarks/fewshot_throughput.py --device "$device"
 step vision_augment_throughput.json 30 "$python" benchmarks/vision_augment_throughput.py --device "$device" --seconds 5
-step augment_throughput_spectrogram.json 75 "$python" benchmarks/augment_throughput.py --device "$device" \
+small_vision=()  # on the CPU, one small pair
+if [ "$device" = cpu ]; then small_vision=(--only vit --size 32 --batch-size 4 --steps 1); fi
+step vision_pretrain_step.json 60 "$python" benchmarks/vision_pretrain_step.py --device "$device" "${small_vision[@]}"
+step augment_throughput_spectrogram.json 45 "$python" benchmarks/augment_throughput.py --device "$device" \
     --seconds 10 --rounds 2 --pitch-domain spectrogram
 step cuda_tests.log 60 "$python" -m pytest -q -m cuda -p no:cacheprovider tests
 if [ "$device" = cuda ]; then

@@ -36,15 +36,24 @@ def measure(encoder: str, args: argparse.Namespace, device: torch.device) -> dic
         },
     )
     cuda = device.type == "cuda"
-    model = build_pretrainer(config, channels_last=cuda)[0].to(device)
+    model = build_pretrainer(config, channels_last=cuda)[0]
+    samples = int(args.seconds * 16000)
+    g = torch.Generator(device="cpu").manual_seed(0)
+    batch = (torch.randn(args.batch_size, samples, generator=g) * 3000).clamp(-32767, 32767).to(torch.int16)
+    return time_pretrainer(encoder, model, batch, args, device)
+
+
+def time_pretrainer(name: str, model, batch: torch.Tensor, args: argparse.Namespace, device: torch.device) -> dict:
+    """``method_ms`` (ready-made views) and ``full_ms`` (views made each step) of a pretraining module, and its peak
+    memory: the timing every modality's step benchmark shares (``args``: steps, warmup, compile)."""
+    cuda = device.type == "cuda"
+    model = model.to(device)
     if cuda:
         model = model.to(memory_format=torch.channels_last)
     if args.compile:
         model.compile_target().compile()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    samples = int(args.seconds * 16000)
-    g = torch.Generator(device="cpu").manual_seed(0)
-    batch = (torch.randn(args.batch_size, samples, generator=g) * 3000).clamp(-32767, 32767).to(torch.int16).to(device)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    batch = batch.to(device)
     descriptor = model.descriptor(0).to(device)
     with torch.no_grad():
         view1, view2 = model.views(batch, descriptor, torch.Generator(device=device).manual_seed(0))
@@ -81,7 +90,7 @@ def measure(encoder: str, args: argparse.Namespace, device: torch.device) -> dic
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     result = {
-        "encoder": encoder,
+        "encoder": name,
         "parameters_m": round(sum(p.numel() for p in model.method.parameters()) / 1e6, 3),
         "method_ms": round(timed(method_step), 2),
         "full_ms": round(timed(full_step), 2),

@@ -101,7 +101,7 @@ def test_fewshot_throughput_runs_batched_and_one_at_a_time() -> None:
 def test_gpu_checks_fit_one_device_call_and_refuse_a_missing_gpu(tmp_path: Path) -> None:
     script = (REPO / "benchmarks" / "gpu_checks.sh").read_text()
     limits = [int(match) for match in re.findall(r"^\s*step \S+ (\d+) ", script, flags=re.MULTILINE)]
-    assert len(limits) == 7 and sum(limits) <= 590  # the budget the script and the README state
+    assert len(limits) == 8 and sum(limits) <= 590  # the budget the script and the README state
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present: the refusal is not reachable")
     done = subprocess.run(
@@ -119,3 +119,14 @@ def test_vision_augment_throughput_reports_both_sides() -> None:
     )
     assert report["benchmark"] == "vision_augment_throughput" and report["ours_views_per_s"] > 0
     assert report["speedup"] == pytest.approx(report["ours_views_per_s"] / report["reference_views_per_s"], rel=0.02)
+
+
+def test_vision_pretrain_step_compares_each_pair() -> None:
+    report = run_benchmark("vision_pretrain_step.py", "--device", "cpu", "--only", "vit", "--size", "32",
+                           "--batch-size", "2", "--steps", "1", "--warmup", "0")
+    family = report["families"]["vit mocov3"]
+    names = [result["encoder"] for result in family["results"]]
+    assert names == ["plain_vit_tiny_patch16_224", "prompt_vit_tiny_patch16_224"]
+    assert family["results"][1]["parameters_m"] > family["results"][0]["parameters_m"]
+    assert family["ai_over_plain_method"] == pytest.approx(
+        family["results"][1]["method_ms"] / family["results"][0]["method_ms"], rel=0.01)

@@ -127,3 +127,15 @@ def test_registry_errors_are_clear():
         timm.create_model(TINY, img_size=32)
     with pytest.raises(ValueError, match="no pretrained weights"):
         timm.create_model(TINY, pretrained=True, inv_dim=2)
+
+
+def test_the_plain_vit_baseline_is_timms_vit_and_ignores_the_descriptor():
+    torch.manual_seed(6)
+    with torch.device("meta"):
+        vit = timm.create_model("vit_small_patch16_224", num_classes=0)
+        plain = timm.create_model("plain_vit_small_patch16_224", inv_dim=2)
+    assert count(plain) == count(vit) and plain.amortised is False
+    model = create_encoder("plain_vit_tiny_patch16_224", encoder_kwargs("plain_vit_tiny_patch16_224", 2, 3, {}, {"img_size": 32}))
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(model(x, torch.tensor([1.0, 0.0])), model(x, torch.tensor([0.0, 1.0])))
+    assert model(x).shape == (2, 192)

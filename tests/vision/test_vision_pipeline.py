@@ -181,3 +181,24 @@ def test_linear_reads_an_official_layout_with_its_splits(tiny_run: Path, tmp_pat
         run_linear(bad)
     with pytest.raises(ConfigError, match="data.official"):
         parse_linear_config(apply_overrides({}, [f"checkpoint={tiny_run}", "data.format=official", f"data.root={tmp_path}"]))
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs" / "vision").glob("*.yaml")
+                                        if p.name not in ("measure.yaml", "linear_example.yaml")))
+def test_every_shipped_pretraining_config_parses_and_builds_its_space(name: str):
+    from aivision.pretraining import parse_config
+
+    config = parse_config(load_yaml(REPO / "configs" / "vision" / name))
+    assert len(config.space()) == (26 if config.augment.space == "individual" else 3)
+    assert config.method.name in ("simclr", "mocov2", "mocov3")
+
+
+def test_the_shipped_readout_and_measure_configs_parse(tmp_path: Path):
+    from aivision.linear import parse_linear_config
+    from aivision.measure import parse_measure_config
+
+    linear = parse_linear_config(apply_overrides(load_yaml(REPO / "configs" / "vision" / "linear_example.yaml"),
+                                                 ["checkpoint=run", f"data.root={tmp_path}"]))
+    assert linear.fixed == ["all", "spatial=1,appearance=0", "spatial=0,appearance=1"]
+    assert parse_measure_config(apply_overrides(load_yaml(REPO / "configs" / "vision" / "measure.yaml"),
+                                                ["checkpoint=run", f"data.root={tmp_path}"]))

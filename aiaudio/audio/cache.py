@@ -48,7 +48,7 @@ import torch
 from tqdm import tqdm
 
 from aiaudio.audio.io import INT16_SCALE, try_read_int16
-from aiaudio.engine.files import publish_directory
+from aiaudio.engine.files import process_alive, publish_directory
 
 FORMAT_VERSION = 1
 WAVES_FILE = "waves.int16"
@@ -287,18 +287,8 @@ def _remove_stale_partials(out_dir: Path) -> None:
     prefix = f".{out_dir.name}{_PARTIAL_MARKER}"
     for candidate in out_dir.parent.glob(f"{prefix}*"):
         pid_text = candidate.name[len(prefix) :].split("-", 1)[0]
-        if pid_text.isdigit() and not _process_alive(int(pid_text)):
+        if pid_text.isdigit() and not process_alive(int(pid_text)):
             shutil.rmtree(candidate, ignore_errors=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _decode_file(path: str, sample_rate: int) -> tuple[np.ndarray | None, str]:

@@ -112,7 +112,7 @@ def folder_lock(folder: Path | str, what: str = "run") -> Iterator[Path]:
             handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             holder = _read_lock(lock)
-            if holder.get("host") == me["host"] and not _alive(int(holder.get("pid", -1))):
+            if holder.get("host") == me["host"] and not process_alive(int(holder.get("pid", -1))):
                 lock.unlink(missing_ok=True)  # its holder died without releasing it
                 continue
             raise FolderInUseError(
@@ -136,7 +136,8 @@ def _read_lock(lock: Path) -> dict:
         return {}
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of this host with that PID runs (one of another user's counts as running)."""
     if pid <= 0:
         return False
     try:

@@ -40,6 +40,7 @@ from aiaudio.eval.labelled import (
     LabelledTargets,
     ReadoutRunConfig,
     labelled_targets,
+    lowshot_readouts,
     run_readouts,
     test_mask,
     write_readout_report,
@@ -157,6 +158,10 @@ def run_readout(config: ReadoutConfig) -> dict[str, Any]:
         encoder, plans, readout_data, train_clips, test_clips, config.learner, config.sweep, data.val_fraction,
         data.seed, device,
     )
+    lowshot = lowshot_readouts(
+        encoder, plans, readout_data, train_clips, test_clips, config.learner, config.sweep, config.lowshot_fractions,
+        config.lowshot_splits, data.val_fraction, data.seed, device,
+    ) if config.lowshot_fractions else {}
     report = {
         "checkpoint": str(encoder.source),
         "fingerprint": encoder.fingerprint(),
@@ -177,6 +182,7 @@ def run_readout(config: ReadoutConfig) -> dict[str, Any]:
             "logmel_store": str(store.directory),
         },
         "readouts": results,
+        "lowshot": lowshot,
         "config": to_dict(config),
     }
     counts = report["data"]

@@ -25,6 +25,7 @@ from aiaudio.eval.labelled import (
     ReadoutRunConfig,
     LabelledTargets,
     labelled_targets,
+    lowshot_readouts,
     run_readouts,
     test_mask,
     write_readout_report,
@@ -144,6 +145,10 @@ def run_linear(config: LinearConfig) -> dict[str, Any]:
     results = run_readouts(
         encoder, plans, readout_data, train, test, config.learner, config.sweep, data.val_fraction, data.seed, device
     )
+    lowshot = lowshot_readouts(
+        encoder, plans, readout_data, train, test, config.learner, config.sweep, config.lowshot_fractions,
+        config.lowshot_splits, data.val_fraction, data.seed, device,
+    ) if config.lowshot_fractions else {}
     report = {
         "checkpoint": str(encoder.source), "fingerprint": encoder.fingerprint(), "amortised": encoder.amortised,
         "task": data.task, "metric": METRICS[data.task], "factors": list(encoder.space.names),
@@ -155,6 +160,7 @@ def run_linear(config: LinearConfig) -> dict[str, Any]:
                        f"{len(test)} test) at {images.shape[-1]} px",
         },
         "readouts": results,
+        "lowshot": lowshot,
         "config": to_dict(config),
     }
     write_readout_report(Path(config.out_dir), report)

@@ -23,6 +23,7 @@ from aiaudio.engine.files import atomic_write_text
 from aiaudio.engine.pretrained import PretrainedEncoder
 from aiaudio.eval.plans import ReadoutPlan
 from aiaudio.eval.readout import ReadoutData, ReadoutLearnerConfig, linear_readout, result_summary, split_off
+from aiaudio.eval.stats import mean_ci
 from aiaudio.eval.sweep import SweepConfig
 from aiaudio.seeding import mix_seed
 
@@ -110,6 +111,9 @@ class ReadoutRunConfig:
         fixed: descriptors of ``fixed`` readouts (amortised encoders): ``"all"``, K numbers, or every factor named
             (``"spatial=1,appearance=0"``).
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        lowshot_fractions: also read out from seeded subsets holding these fractions of the training items (the
+            paper's low-shot regression: 0.05, 0.1, 0.2); empty: none.
+        lowshot_splits: subsets per fraction (the paper: 100).
     """
 
     checkpoint: str | None = None
@@ -119,6 +123,12 @@ class ReadoutRunConfig:
     learn_invariance: bool = True
     fixed: list[str] = field(default_factory=lambda: ["all"])
     device: str = "auto"
+    lowshot_fractions: list[float] = field(default_factory=list)
+    lowshot_splits: int = 100
+
+    def __post_init__(self) -> None:
+        if any(not 0.0 < f < 1.0 for f in self.lowshot_fractions) or self.lowshot_splits < 1:
+            raise ValueError("lowshot_fractions must lie strictly between 0 and 1, and lowshot_splits be >= 1")
 
 
 @dataclass
@@ -206,6 +216,40 @@ def run_readouts(
     return results
 
 
+_LOWSHOT_STREAM = 0x1057  # the low-shot subsets' seeds are derived from data.seed apart from the other splits'
+
+
+def lowshot_readouts(
+    encoder: PretrainedEncoder, plans: Sequence[ReadoutPlan], data: ReadoutData, train: torch.Tensor,
+    test: torch.Tensor, learner: ReadoutLearnerConfig, sweep: SweepConfig, fractions: Sequence[float], splits: int,
+    val_fraction: float, seed: int, device: torch.device,
+) -> dict[str, dict[str, Any]]:
+    """Low-shot readouts (the paper's low-shot regression): for each fraction s of the training items and each of
+    ``splits`` seeded subsets of that size, fit every plan on the subset alone (validation carved from it) and score it
+    on the whole test set; the mean test score and its 95% interval over the subsets, per plan and fraction."""
+    strata = data.targets if data.task == "classification" else None
+    results: dict[str, dict[str, Any]] = {}
+    for fraction in fractions:
+        if not 0.0 < fraction < 1.0:
+            raise ValueError(f"lowshot.fractions must lie strictly between 0 and 1, got {fraction}")
+        scores: dict[str, list[float]] = {}
+        for split in range(splits):
+            split_seed = mix_seed(seed, _LOWSHOT_STREAM, split)
+            _, subset = split_off(train, fraction, split_seed, None if strata is None else strata[train])
+            for plan in plans:
+                name = plan.kind if plan.kind != "fixed" else f"fixed:{plan.text}"
+                result = linear_readout(plan.encoder, data, subset, test, learner, sweep, plan.start, val_fraction,
+                                        split_seed, device)
+                scores.setdefault(name, []).append(result.test_score)
+        for name, values in scores.items():
+            summary = mean_ci(values)
+            results.setdefault(name, {})[f"{fraction:g}"] = {
+                "test_score": summary.mean, "ci95": summary.ci95, "splits": summary.n,
+                "train_items": int(round(fraction * len(train))),
+            }
+    return results
+
+
 def write_readout_report(out_dir: Path, report: dict[str, Any]) -> None:
     """``results.json`` and ``results.md`` (a report with ``task``, ``metric``, ``checkpoint``, ``fingerprint``,
     ``amortised``, ``data`` (``summary`` text) and ``readouts``)."""
@@ -236,4 +280,12 @@ def readout_markdown(report: dict[str, Any]) -> str:
             f"| {name} | {result['test_score']:.4f} | {result['val_score']:.4f} | {result['lr']:g} | "
             f"{result['weight_decay']:g} | {invariance_lr} | {result['best_epoch']} | {text} |"
         )
+    lowshot = report.get("lowshot")
+    if lowshot:
+        fractions = list(next(iter(lowshot.values())))
+        lines += ["", f"Low-shot: test {metric} ± 95% CI over seeded training subsets of each fraction", "",
+                  "| readout | " + " | ".join(f"s = {f}" for f in fractions) + " |", "|---|" + "---|" * len(fractions)]
+        for name, by_fraction in lowshot.items():
+            cells = [f"{v['test_score']:.4f} ± {v['ci95']:.4f} ({v['splits']})" for v in by_fraction.values()]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

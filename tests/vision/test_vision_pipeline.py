@@ -202,3 +202,21 @@ def test_the_shipped_readout_and_measure_configs_parse(tmp_path: Path):
     assert linear.fixed == ["all", "spatial=1,appearance=0", "spatial=0,appearance=1"]
     assert parse_measure_config(apply_overrides(load_yaml(REPO / "configs" / "vision" / "measure.yaml"),
                                                 ["checkpoint=run", f"data.root={tmp_path}"]))
+
+
+def test_lowshot_readouts_average_over_seeded_training_subsets(tiny_run: Path, shapes: Path, tmp_path: Path):
+    from aivision.linear import parse_linear_config, run_linear
+
+    config = parse_linear_config(apply_overrides({}, [
+        f"checkpoint={tiny_run}", f"out_dir={tmp_path / 'out'}", "data.format=csv", f"data.csv={shapes / 'factors.csv'}",
+        "data.task=regression", "data.target_columns=[x,y]", "learner.epochs=2", "sweep.lrs=[0.1]",
+        "sweep.weight_decays=[0.0]", "device=cpu", "learn_invariance=false", "lowshot_fractions=[0.25,0.5]",
+        "lowshot_splits=3",
+    ]))
+    report = run_linear(config)
+    lowshot = report["lowshot"]["fixed:all"]
+    assert set(lowshot) == {"0.25", "0.5"} and all(entry["splits"] == 3 for entry in lowshot.values())
+    assert lowshot["0.25"]["train_items"] < lowshot["0.5"]["train_items"] < report["data"]["train_images"]
+    assert "Low-shot" in (tmp_path / "out" / "results.md").read_text()
+    again = run_linear(config)["lowshot"]["fixed:all"]
+    assert again == lowshot  # the subsets are seeded

@@ -22,6 +22,7 @@ over, with a warning, for the newest intact one (:func:`intact_checkpoints`).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -99,19 +100,37 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_weights(model, tmp / "model.safetensors")
-    (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    for file_name, text in (extra_files or {}).items():
-        (tmp / file_name).write_text(text, encoding="utf-8")
-    torch.save({"format": CHECKPOINT_FORMAT, "step": step, **training_state}, tmp / "state.pt")
-    write_checksums(tmp)
-    for file in tmp.iterdir():
-        os.chmod(file, 0o644)  # as readable as the rest of the run, whatever the writer's default
-        fsync_file(file)
+    try:
+        save_weights(model, tmp / "model.safetensors")
+        (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        for file_name, text in (extra_files or {}).items():
+            (tmp / file_name).write_text(text, encoding="utf-8")
+        torch.save({"format": CHECKPOINT_FORMAT, "step": step, **training_state}, tmp / "state.pt")
+        write_checksums(tmp)
+        for file in tmp.iterdir():
+            os.chmod(file, 0o644)  # as readable as the rest of the run, whatever the writer's default
+            fsync_file(file)
+    except (OSError, RuntimeError) as error:
+        written = sum(p.stat().st_size for p in tmp.iterdir() if p.is_file())
+        shutil.rmtree(tmp, ignore_errors=True)
+        free = shutil.disk_usage(root).free
+        full = getattr(error, "errno", None) == errno.ENOSPC or free < max(written, 1 << 26)
+        previous = latest_checkpoint(run_dir)
+        raise CheckpointWriteError(
+            f"could not write the checkpoint of step {step} to {root}: "
+            + (f"the disk is full ({free / 2**20:.0f} MiB free after removing the partial checkpoint)"
+               if full else f"{error}")
+            + f"; the previous checkpoint ({previous if previous else 'none'}) is intact. Free space (or move the "
+            "run) and rerun the same command to resume"
+        ) from error
     publish_directory(tmp, final)
     atomic_write_text(root / "latest", name + "\n")
     _prune(root, keep)
     return final
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (a full disk, say); the previous checkpoint is untouched."""
 
 
 def _prune(root: Path, keep: int) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from aiaudio.config import ConfigError, DataError
+from aiaudio.engine.checkpoint import CheckpointWriteError
 from aiaudio.engine.files import FolderInUseError
 from aiaudio.engine.runtime import tune_cpu_allocator
 from aiaudio.engine.trainer import NonFiniteLossError, TrainingStopped
@@ -64,7 +65,7 @@ def run_command(
     tune_cpu_allocator()
     try:
         return args.func(args)
-    except (ConfigError, DataError, FileNotFoundError, FolderInUseError, *known_errors) as error:
+    except (ConfigError, DataError, FileNotFoundError, FolderInUseError, CheckpointWriteError, *known_errors) as error:
         print(f"{program} {args.command}: error: {error}", file=sys.stderr)
         return 2
     except NonFiniteLossError as error:

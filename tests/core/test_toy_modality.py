@@ -203,3 +203,24 @@ def test_an_unwritable_run_directory_is_refused_before_training(tmp_path: Path):
     (tmp_path / "a_file").write_text("not a folder")
     with pytest.raises(ConfigError, match="cannot be written|Not a directory|not a directory"):
         pretrain(tmp_path / "a_file" / "run", "simclr")
+
+
+def test_a_full_disk_while_saving_says_so_and_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch):
+    import shutil as shutil_module
+
+    import aiaudio.engine.checkpoint as checkpoint_module
+    from aiaudio.engine.checkpoint import CheckpointWriteError
+
+    pretrain(tmp_path / "run", "simclr", steps=4, ckpt_every=4)
+
+    def full_disk_save(obj, path, *args, **kwargs):  # what torch.save reports when the disk fills mid-write
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 4416 vs 4310")
+
+    usage = shutil_module.disk_usage(tmp_path)
+    monkeypatch.setattr(checkpoint_module.torch, "save", full_disk_save)
+    monkeypatch.setattr(checkpoint_module.shutil, "disk_usage", lambda path: usage._replace(free=1024))
+    with pytest.raises(CheckpointWriteError, match="the disk is full") as error:
+        pretrain(tmp_path / "run", "simclr", steps=8, ckpt_every=4)
+    assert "step_00000004" in str(error.value) and "is intact" in str(error.value)
+    assert latest_checkpoint(tmp_path / "run").name == "step_00000004"
+    assert not list((tmp_path / "run" / "checkpoints").glob(".tmp-*"))  # no partial checkpoint left behind

@@ -8,7 +8,11 @@ Layout of a cache folder:
   ``source_signatures``, the file's ``(size, mtime_ns)`` when the build began (``(-1, -1)``: could not be stat'ed).
 - ``meta.json``: sample rate, clip and sample counts, source description, creation time, format version and a
   fingerprint of the entries it was built from.
-- ``failures.tsv``: ``path<TAB>reason`` for every file that could not be read (these clips are left out).
+- ``failures.tsv``: ``path<TAB>reason`` for every file that could not be read (these clips are left out), including
+  entries refused without being opened (a dangling symbolic link, a link loop, a folder named like an audio file, a
+  path outside the data folder).
+- ``warnings.tsv``: ``path<TAB>note`` for every suspicious clip that was kept: a truncated WAV file (its header
+  announces more samples than it holds), an all-zero clip, a 1-sample clip, a heavily clipped one.
 
 :func:`build_cache` writes everything into a temporary sibling folder and renames it into place at the end, so an
 interrupted build never leaves a folder that opens as a cache. A later build with the same entries is skipped only
@@ -20,10 +24,19 @@ Decoding in worker processes is bounded: a file that takes longer than ``file_ti
 hung network mount) has its worker killed, and a worker that dies (e.g. killed by the out-of-memory killer) is
 replaced; either way the file is recorded as a failure, by name, and the build goes on. A FIFO, socket or device is
 refused without being opened, also when decoding in this process.
+
+A build holds a lock beside the cache folder (``.NAME.lock/.lock``, host name and PID, see
+:func:`~aiaudio.engine.files.folder_lock`), so a second build of the same folder, from this host or another one on
+shared storage, is refused with a message naming the holder. Each temporary build folder records its host and PID; a
+later build deletes only those left by a process of its own host that no longer runs.
+
+A build in which every file is unreadable, or every clip is silent (all samples zero), publishes nothing and raises
+:class:`CacheError` saying what to fix: such a cache could only fail later, when the log-mel statistics are computed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -32,6 +45,7 @@ import operator
 import os
 import shutil
 import signal
+import socket
 import stat
 import time
 import traceback
@@ -48,13 +62,18 @@ import torch
 from tqdm import tqdm
 
 from aiaudio.audio.io import INT16_SCALE, try_read_int16
-from aiaudio.engine.files import process_alive, publish_directory
+from aiaudio.engine.files import FolderInUseError, folder_lock, process_alive, publish_directory
 
 FORMAT_VERSION = 1
 WAVES_FILE = "waves.int16"
 INDEX_FILE = "index.npz"
 META_FILE = "meta.json"
 FAILURES_FILE = "failures.tsv"
+WARNINGS_FILE = "warnings.tsv"
+#: File in a temporary build folder naming the host and process building it (JSON, as a folder lock's).
+_OWNER_FILE = ".lock"
+#: How many unreadable files an error message names.
+_NAMED_IN_ERRORS = 3
 _PARTIAL_MARKER = ".partial-"
 #: Seconds a worker process may spend on one file before it is killed and the file counted as unreadable.
 DEFAULT_FILE_TIMEOUT = 60.0
@@ -74,11 +93,15 @@ class ClipEntry:
         key: Unique name of the clip within the dataset (e.g. the FSD50K ``fname``).
         path: The audio file.
         labels: Class labels of the clip; may be empty.
+        problem: Why the clip must not be opened at all (e.g. its path leads outside the data folder), as found by
+            the dataset reader; :func:`build_cache` records it as a failure with this reason. Empty for a clip to
+            decode. Not part of equality.
     """
 
     key: str
     path: Path
     labels: tuple[str, ...] = ()
+    problem: str = dataclasses.field(default="", compare=False)
 
 
 @dataclasses.dataclass
@@ -95,6 +118,7 @@ class CacheReport:
         skipped: True when an up-to-date cache was already there and nothing was decoded.
         seconds: Wall time of the call.
         rebuilt_because: Why a cache of the same entries was decoded again (files changed); empty otherwise.
+        warnings: ``(path, note)`` for every suspicious clip that was kept (truncated, silent, 1 sample, clipped).
     """
 
     out_dir: Path
@@ -106,11 +130,17 @@ class CacheReport:
     skipped: bool
     seconds: float
     rebuilt_because: str = ""
+    warnings: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
     @property
     def num_failed(self) -> int:
         """Number of entries that could not be read."""
         return len(self.failures)
+
+    @property
+    def num_warnings(self) -> int:
+        """Number of suspicious clips kept in the cache."""
+        return len(self.warnings)
 
     def summary(self) -> str:
         """One line with the counts."""
@@ -120,10 +150,14 @@ class CacheReport:
             state += f" (rebuilt: {self.rebuilt_because})"
         text = (
             f"waveform cache {self.out_dir}: {self.num_clips} of {self.num_entries} clips "
-            f"({hours:.2f} h at {self.sample_rate} Hz), {self.num_failed} unreadable; {state}"
+            f"({hours:.2f} h at {self.sample_rate} Hz), {self.num_failed} unreadable, "
+            f"{self.num_warnings} suspicious (kept); {state}"
         )
         if self.failures:
             text += f" (unreadable files listed in {self.out_dir / FAILURES_FILE})"
+        if self.warnings:
+            text += f" (suspicious clips listed in {self.out_dir / WARNINGS_FILE}, e.g. {self.warnings[0][0]}: "
+            text += f"{self.warnings[0][1]})"
         return text
 
 
@@ -163,7 +197,9 @@ def build_cache(
         The :class:`CacheReport`; ``report.summary()`` is a one-line account of the counts.
 
     Raises:
-        CacheError: Duplicate keys, or ``out_dir`` holds something that is not a cache of these entries.
+        CacheError: Duplicate keys, ``out_dir`` holds something that is not a cache of these entries, another
+            live process (of this or another host) is building it, or every file is unreadable or every clip
+            silent (nothing is published then).
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -172,8 +208,52 @@ def build_cache(
     if file_timeout is not None and not file_timeout > 0:
         raise ValueError(f"file_timeout must be positive or None, got {file_timeout}")
     fingerprint = _fingerprint(entries, sample_rate)
-    signatures = np.array([_file_signature(entry.path) for entry in entries], dtype=np.int64).reshape(-1, 2)
+    signatures = np.array(
+        [(-1, -1) if entry.problem else _file_signature(entry.path) for entry in entries], dtype=np.int64
+    ).reshape(-1, 2)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock_folder = out_dir.parent / f".{out_dir.name}.lock"
+    with contextlib.ExitStack() as stack:
+        stack.callback(_remove_empty_folder, lock_folder)  # registered first, so it runs after the lock is released
+        for attempt in range(3):
+            try:
+                stack.enter_context(folder_lock(lock_folder, "waveform cache build"))
+                break
+            except FolderInUseError as error:
+                raise CacheError(f"cannot build the waveform cache {out_dir}: {error}") from None
+            except FileNotFoundError:  # another build removed the empty lock folder just now: try again
+                if attempt == 2:
+                    raise
+        return _build_locked(
+            entries, out_dir, sample_rate, workers, progress, overwrite, source, file_timeout, follow_entries,
+            fingerprint, signatures, started,
+        )
+    raise AssertionError("unreachable")
 
+
+def _remove_empty_folder(folder: Path) -> None:
+    """Remove ``folder`` if it is empty (a lock folder once its lock is released); leave it otherwise."""
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+def _build_locked(
+    entries: list[ClipEntry],
+    out_dir: Path,
+    sample_rate: int,
+    workers: int | None,
+    progress: bool,
+    overwrite: bool,
+    source: str,
+    file_timeout: float | None,
+    follow_entries: bool,
+    fingerprint: str,
+    signatures: np.ndarray,
+    started: float,
+) -> CacheReport:
+    """:func:`build_cache` once its lock is held."""
     existing = _existing_cache(out_dir, overwrite)
     stale = ""
     if existing is not None and not overwrite:
@@ -196,16 +276,20 @@ def build_cache(
                 failures=_read_failures(out_dir / FAILURES_FILE),
                 skipped=True,
                 seconds=time.perf_counter() - started,
+                warnings=_read_failures(out_dir / WARNINGS_FILE),
             )
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_partials(out_dir)
     partial_dir = out_dir.parent / f".{out_dir.name}{_PARTIAL_MARKER}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     partial_dir.mkdir()
+    owner = partial_dir / _OWNER_FILE
+    owner.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}), encoding="utf-8")
     try:
-        num_clips, total_samples, failures = _write_cache_files(
+        num_clips, total_samples, failures, warnings, silent = _write_cache_files(
             entries, signatures, partial_dir, sample_rate, workers, file_timeout, progress, source, fingerprint
         )
+        _check_usable(out_dir, len(entries), num_clips, silent, failures)
+        owner.unlink()
         publish_directory(partial_dir, out_dir)
     finally:
         if partial_dir.exists():
@@ -221,7 +305,29 @@ def build_cache(
         skipped=False,
         seconds=time.perf_counter() - started,
         rebuilt_because=stale,
+        warnings=warnings,
     )
+
+
+def _check_usable(
+    out_dir: Path, num_entries: int, num_clips: int, silent: int, failures: list[tuple[str, str]]
+) -> None:
+    """Raise a :class:`CacheError` saying what to fix when a finished build holds nothing to learn from: every file
+    unreadable, or every clip silent (a log-mel normalisation over it would fail)."""
+    if num_entries and num_clips == 0:
+        named = "; ".join(f"{path}: {reason}" for path, reason in failures[:_NAMED_IN_ERRORS])
+        more = f" (and {len(failures) - _NAMED_IN_ERRORS} more)" if len(failures) > _NAMED_IN_ERRORS else ""
+        raise CacheError(
+            f"no waveform cache written to {out_dir}: every one of the {num_entries} listed file(s) is unreadable, "
+            f"e.g. {named}{more}; check that data.root points at the audio files and that they are readable audio "
+            "(WAV, FLAC, OGG), then run `aiaudio cache` again"
+        )
+    if num_clips and silent == num_clips:
+        raise CacheError(
+            f"no waveform cache written to {out_dir}: every one of the {num_clips} readable clip(s) is silent (all "
+            "samples zero), so there is nothing to learn from and no log-mel statistics to compute; check the "
+            "recordings (a muted microphone, a failed conversion) and point data.root at real audio"
+        )
 
 
 def _check_unique_keys(entries: list[ClipEntry]) -> None:
@@ -283,12 +389,39 @@ def _existing_cache(out_dir: Path, overwrite: bool) -> WaveformCache | None:
 
 
 def _remove_stale_partials(out_dir: Path) -> None:
-    """Delete temporary build folders for ``out_dir`` left by builds whose process no longer runs."""
+    """Delete temporary build folders for ``out_dir`` left by builds of this host whose process no longer runs.
+
+    The owner (host, PID) is read from the folder's ``.lock`` record; a folder of another host is never deleted (its
+    process cannot be checked from here), nor one of a live process. A folder without a record (left by an older
+    version, which built on one host only) is judged by the PID in its name.
+    """
     prefix = f".{out_dir.name}{_PARTIAL_MARKER}"
+    host = socket.gethostname()
     for candidate in out_dir.parent.glob(f"{prefix}*"):
         pid_text = candidate.name[len(prefix) :].split("-", 1)[0]
+        owner = _read_owner(candidate / _OWNER_FILE)
+        if owner is not None:
+            if owner.get("host") != host:
+                continue
+            pid_text = str(owner.get("pid", ""))
         if pid_text.isdigit() and not process_alive(int(pid_text)):
             shutil.rmtree(candidate, ignore_errors=True)
+
+
+def _read_owner(path: Path) -> dict[str, Any] | None:
+    """The ``{"host", "pid"}`` record of a temporary build folder; None when it has none; ``{}`` (never deleted
+    as this host's) when it is there but unreadable."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return {}
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def _decode_file(path: str, sample_rate: int) -> tuple[np.ndarray | None, str]:
@@ -460,11 +593,15 @@ def _write_cache_files(
     progress: bool,
     source: str,
     fingerprint: str,
-) -> tuple[int, int, list[tuple[str, str]]]:
+) -> tuple[int, int, list[tuple[str, str]], list[tuple[str, str]], int]:
     """Decode and write every cache file into ``folder``; ``meta.json`` is written last.
 
     ``signatures`` (``[len(entries), 2]``: size, mtime_ns, taken before decoding) go into the index, so a later build
-    notices files changed since."""
+    notices files changed since. An entry with a ``problem`` is recorded as a failure without being opened.
+
+    Returns:
+        Clips stored, samples stored, failures, warnings (suspicious clips kept) and the number of silent clips.
+    """
     keys: list[str] = []
     paths: list[str] = []
     offsets: list[int] = []
@@ -472,14 +609,22 @@ def _write_cache_files(
     label_values: list[str] = []
     label_counts: list[int] = []
     failures: list[tuple[str, str]] = []
+    warnings: list[tuple[str, str]] = []
+    silent = 0
     total = 0
     bar = tqdm(total=len(entries), disable=not progress, unit="clip", desc="decoding", dynamic_ncols=True)
+    decoded = _decoded([entry for entry in entries if not entry.problem], sample_rate, workers, file_timeout)
     with open(folder / WAVES_FILE, "wb") as waves:
-        for entry, (wave, reason) in zip(entries, _decoded(entries, sample_rate, workers, file_timeout)):
+        for entry in entries:
+            wave, reason = (None, entry.problem) if entry.problem else next(decoded)
             bar.update(1)
             if wave is None:
                 failures.append((str(entry.path), reason))
                 continue
+            if reason:
+                warnings.append((str(entry.path), reason))
+            if not wave.any():
+                silent += 1
             waves.write(wave.astype("<i2", copy=False).tobytes())
             keys.append(entry.key)
             paths.append(str(entry.path))
@@ -506,19 +651,25 @@ def _write_cache_files(
         table.write("path\treason\n")
         for path, reason in failures:
             table.write(f"{_tsv_field(path)}\t{_tsv_field(reason)}\n")
+    with open(folder / WARNINGS_FILE, "w", encoding="utf-8") as table:
+        table.write("path\tnote\n")
+        for path, note in warnings:
+            table.write(f"{_tsv_field(path)}\t{_tsv_field(note)}\n")
     meta = {
         "format_version": FORMAT_VERSION,
         "sample_rate": sample_rate,
         "dtype": "int16",
         "num_clips": len(keys),
         "num_failed": len(failures),
+        "num_warnings": len(warnings),
+        "num_silent": silent,
         "total_samples": total,
         "source": source,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "entries_fingerprint": fingerprint,
     }
     (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    return len(keys), total, failures
+    return len(keys), total, failures, warnings, silent
 
 
 def _tsv_field(text: str) -> str:

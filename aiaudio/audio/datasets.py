@@ -1,7 +1,9 @@
 """Dataset readers: turn a dataset's files and metadata into :class:`~aiaudio.audio.cache.ClipEntry` lists.
 
 Readers only parse metadata; they do not open audio. A listed file that is missing or unreadable is reported by
-:func:`~aiaudio.audio.cache.build_cache`, not here.
+:func:`~aiaudio.audio.cache.build_cache`, not here: a folder scan lists dangling symbolic links, link loops and
+folders named like audio files too, so that the cache names each with its reason instead of leaving it out unseen.
+A CSV path that leads outside the data folder is listed with a ``problem`` and never opened.
 """
 
 from __future__ import annotations
@@ -135,7 +137,9 @@ def folder_entries(root: str | os.PathLike, extensions: Sequence[str] = AUDIO_EX
 
     Returns:
         Entries sorted by relative path; ``key`` is the path relative to ``root`` (with ``/``), the single label is
-        the name of the file's immediate parent folder, and files directly in ``root`` have no label.
+        the name of the file's immediate parent folder, and files directly in ``root`` have no label. Every name
+        with a wanted extension is listed, also a dangling symbolic link, a link loop or a folder named like an
+        audio file: :func:`~aiaudio.audio.cache.build_cache` records each as a failure, by name and reason.
 
     Raises:
         DatasetError: ``root`` is not a folder or holds no audio files.
@@ -145,7 +149,7 @@ def folder_entries(root: str | os.PathLike, extensions: Sequence[str] = AUDIO_EX
         raise DatasetError(f"audio folder {root} does not exist or is not a folder")
     wanted = {extension.lower() for extension in extensions}
     files = sorted(
-        (path for path in root.rglob("*") if path.suffix.lower() in wanted and path.is_file()),
+        (path for path in root.rglob("*") if path.suffix.lower() in wanted),
         key=lambda path: path.relative_to(root).as_posix(),
     )
     if not files:
@@ -176,9 +180,17 @@ def csv_entries(
 
     Raises:
         DatasetError: The file or a column is missing, a path is empty, or a path appears twice.
+
+    A path that leads outside ``root`` (``../x.wav``, an absolute path elsewhere, or a symbolic link whose target
+    lies elsewhere) is listed with a ``problem`` saying so: :func:`~aiaudio.audio.cache.build_cache` records it as a
+    failure and never opens it.
     """
     csv_path = Path(csv_path)
     root = csv_path.parent if root is None else Path(root)
+    try:
+        resolved_root: Path | None = root.resolve()
+    except (OSError, RuntimeError):
+        resolved_root = None
     entries: list[ClipEntry] = []
     for _, key, row in _keyed_rows(csv_path, (path_column, *label_columns), path_column):
         labels: list[str] = []
@@ -186,5 +198,23 @@ def csv_entries(
             cell = (row[column] or "").strip()
             parts = cell.split(label_separator) if label_separator else [cell]
             labels.extend(part.strip() for part in parts if part.strip())
-        entries.append(ClipEntry(key=key, path=root / key, labels=tuple(labels)))
+        path = root / key
+        entries.append(ClipEntry(key=key, path=path, labels=tuple(labels), problem=_outside(path, resolved_root)))
     return entries
+
+
+def _outside(path: Path, root: Path | None) -> str:
+    """Why ``path`` must not be opened as a clip of the data folder ``root`` (resolved): it leads outside it; empty
+    when it stays inside (or cannot be resolved, e.g. a link loop, which the cache then names)."""
+    if root is None:
+        return ""
+    try:
+        target = path.resolve()
+    except (OSError, RuntimeError):
+        return ""
+    if target == root or root in target.parents:
+        return ""
+    return (
+        f"outside the data folder {root}: it resolves to {target}; not opened (move the file into the data folder "
+        "or set the data root to a folder that holds it)"
+    )

@@ -124,7 +124,12 @@ class LogMel(nn.Module):
     def set_stats(self, mean: float, std: float) -> None:
         """Store the global normalisation statistics (``std`` must be positive)."""
         if not std > 0:
-            raise ValueError(f"LogMel.set_stats: std must be positive, got {std}")
+            raise ValueError(
+                f"LogMel.set_stats: std must be positive, got {std} (mean {mean}): the log-mel values the statistics "
+                "were computed from are constant or not finite, as when every clip used is silent (all samples "
+                "zero); check the audio the waveform cache was built from (`aiaudio cache` lists silent and "
+                "suspicious clips in warnings.tsv), replace the silent recordings and rebuild the cache"
+            )
         self.mean.fill_(float(mean))
         self.std.fill_(float(std))
 
@@ -152,7 +157,11 @@ def compute_stats(frontend: LogMel, waves: Iterable[torch.Tensor]) -> tuple[floa
         total_sq += float((values * values).sum())
         count += values.numel()
     if count == 0:
-        raise ValueError("compute_stats: no waveforms given")
+        raise ValueError(
+            "compute_stats: no waveforms given, so there is nothing to compute log-mel statistics from: the dataset "
+            "or waveform cache used is empty (every file unreadable?); run `aiaudio cache`, read its failures.tsv "
+            "for why each file could not be read, fix the data and build the cache again"
+        )
     mean = total / count
     variance = max(total_sq / count - mean * mean, 0.0)
     return mean, variance**0.5

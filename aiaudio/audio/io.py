@@ -6,8 +6,10 @@ file raises :class:`AudioReadError`, which names the file and the problem.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import struct
 from pathlib import Path
 from typing import BinaryIO
 
@@ -20,6 +22,9 @@ AUDIO_EXTENSIONS: tuple[str, ...] = (".wav", ".flac", ".ogg")
 
 #: Scale between float samples in [-1, 1] and int16 samples.
 INT16_SCALE = 32767.0
+
+#: A clip with more than this fraction of its samples at full scale is reported as clipped.
+CLIPPED_FRACTION = 0.1
 
 
 class AudioReadError(ValueError):
@@ -55,12 +60,30 @@ def read_audio(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray:
         raise ValueError(f"sample_rate must be positive, got {sample_rate}")
     path = Path(path)
     if not path.exists():
-        raise AudioReadError(path, "file not found")
+        raise AudioReadError(path, _missing_reason(path))
     if path.is_dir():
         raise AudioReadError(path, "is a directory, not an audio file")
     if path.is_file() and path.stat().st_size == 0:
         raise AudioReadError(path, "empty file (0 bytes)")
     return _decode(path, path, sample_rate)
+
+
+def _missing_reason(path: Path) -> str:
+    """Why ``path`` (for which ``exists()`` is false) cannot be opened: a dangling symbolic link, a symbolic link
+    loop, or no file at all."""
+    try:
+        os.stat(path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "symbolic link loop (the link points back to itself through other links); not opened"
+        if os.path.islink(path):
+            try:
+                target = os.readlink(path)
+            except OSError:
+                target = "?"
+            return f"dangling symbolic link (its target {target} does not exist)"
+        return "file not found"
+    return "file not found"
 
 
 def read_audio_bytes(data: bytes, name: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray:
@@ -112,12 +135,73 @@ def try_read_int16(path: str | os.PathLike, sample_rate: int = 16000) -> tuple[n
         sample_rate: The rate of the returned waveform, in Hz.
 
     Returns:
-        ``(wave, "")`` on success, ``(None, reason)`` when the file could not be read.
+        ``(wave, note)`` on success, ``(None, reason)`` when the file could not be read. ``note`` is empty for an
+        ordinary clip; for a suspicious one that is still usable it says what is odd (see :func:`clip_warnings`).
     """
     try:
-        return to_int16(read_audio(path, sample_rate)), ""
+        wave = to_int16(read_audio(path, sample_rate))
     except AudioReadError as error:
         return None, error.reason
+    return wave, "; ".join(clip_warnings(path, wave))
+
+
+def clip_warnings(path: str | os.PathLike, wave: np.ndarray) -> list[str]:
+    """What is suspicious about a decoded clip (kept, but worth a look), in words; empty for an ordinary clip.
+
+    Checks: a WAV file whose header announces more samples than the file holds (truncated, e.g. an interrupted
+    copy), every sample zero, a single sample, and more than :data:`CLIPPED_FRACTION` of samples at full scale.
+
+    Args:
+        path: The file ``wave`` was decoded from.
+        wave: Its int16 samples (as :func:`try_read_int16` makes them).
+    """
+    notes = []
+    announced = wav_header_frames(path)
+    if announced is not None:
+        try:
+            held = soundfile.info(str(path)).frames
+        except (RuntimeError, OSError, TypeError, ValueError):
+            held = None
+        if held is not None and held < announced:
+            notes.append(f"truncated: header says {announced} samples, file holds {held}")
+    if wave.shape[0] == 1:
+        notes.append("holds only 1 sample")
+    if not wave.any():
+        notes.append(f"silent: all {wave.shape[0]} samples are zero")
+    elif wave.shape[0]:
+        fraction = float(np.mean(np.abs(wave.astype(np.int32)) >= int(INT16_SCALE)))
+        if fraction > CLIPPED_FRACTION:
+            notes.append(f"clipped: {100 * fraction:.0f}% of samples at full scale")
+    return notes
+
+
+def wav_header_frames(path: str | os.PathLike) -> int | None:
+    """Samples per channel that a RIFF/WAVE file's ``data`` chunk header announces; None when ``path`` is not such
+    a file, cannot be read, or the size is unset (0 or 0xFFFFFFFF, as streaming writers leave it)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            block_align = 0
+            while True:
+                chunk = handle.read(8)
+                if len(chunk) < 8:
+                    return None
+                name, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+                if name == b"fmt ":
+                    body = handle.read(size + (size & 1))
+                    if len(body) < 14:
+                        return None
+                    block_align = struct.unpack("<H", body[12:14])[0]
+                elif name == b"data":
+                    if not block_align or size in (0, 0xFFFFFFFF):
+                        return None
+                    return size // block_align
+                else:
+                    handle.seek(size + (size & 1), os.SEEK_CUR)
+    except OSError:
+        return None
 
 
 def write_audio(path: str | os.PathLike, wave: np.ndarray, sample_rate: int) -> Path:

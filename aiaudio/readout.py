@@ -20,6 +20,7 @@ Results go to ``out_dir/results.json`` and ``out_dir/results.md`` (written atomi
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,7 +129,7 @@ def run_readout(config: ReadoutConfig) -> dict[str, Any]:
     encoder = load_encoder(Path(config.checkpoint).expanduser(), device)
     frontend_config = logmel_of(encoder).config
     split_entries = [
-        ClipEntry(entry.key, entry.path, (SPLIT_NAMES[int(test)],)) for entry, test in zip(entries, is_test)
+        dataclasses.replace(entry, labels=(SPLIT_NAMES[int(test)],)) for entry, test in zip(entries, is_test)
     ]
     store = build_logmel_set(
         split_entries, list(SPLIT_NAMES), [SPLIT_NAMES[0]],

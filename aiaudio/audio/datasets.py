@@ -124,7 +124,8 @@ def fsd50k_entries(root: str | os.PathLike, split: str) -> list[ClipEntry]:
                 f"{where} (fname {fname}): label(s) {', '.join(map(repr, unknown))} not in the vocabulary "
                 f"{root / _FSD50K_TRUTH / 'vocabulary.csv'}"
             )
-        entries.append(ClipEntry(key=fname, path=audio_dir / f"{fname}.wav", labels=labels))
+        entries.append(ClipEntry(key=fname, path=audio_dir / f"{fname}.wav", labels=labels,
+                                 problem=outside_folder(Path(f"{fname}.wav"), audio_dir)))
     return entries
 
 
@@ -181,16 +182,12 @@ def csv_entries(
     Raises:
         DatasetError: The file or a column is missing, a path is empty, or a path appears twice.
 
-    A path that leads outside ``root`` (``../x.wav``, an absolute path elsewhere, or a symbolic link whose target
-    lies elsewhere) is listed with a ``problem`` saying so: :func:`~aiaudio.audio.cache.build_cache` records it as a
+    A path that leads outside ``root`` as written (``../x.wav``, an absolute path elsewhere) is listed with a
+    ``problem`` saying so: :func:`~aiaudio.audio.cache.build_cache` records it as a
     failure and never opens it.
     """
     csv_path = Path(csv_path)
     root = csv_path.parent if root is None else Path(root)
-    try:
-        resolved_root: Path | None = root.resolve()
-    except (OSError, RuntimeError):
-        resolved_root = None
     entries: list[ClipEntry] = []
     for _, key, row in _keyed_rows(csv_path, (path_column, *label_columns), path_column):
         labels: list[str] = []
@@ -198,23 +195,19 @@ def csv_entries(
             cell = (row[column] or "").strip()
             parts = cell.split(label_separator) if label_separator else [cell]
             labels.extend(part.strip() for part in parts if part.strip())
-        path = root / key
-        entries.append(ClipEntry(key=key, path=path, labels=tuple(labels), problem=_outside(path, resolved_root)))
+        entries.append(ClipEntry(key=key, path=root / key, labels=tuple(labels), problem=outside_folder(Path(key), root)))
     return entries
 
 
-def _outside(path: Path, root: Path | None) -> str:
-    """Why ``path`` must not be opened as a clip of the data folder ``root`` (resolved): it leads outside it; empty
-    when it stays inside (or cannot be resolved, e.g. a link loop, which the cache then names)."""
-    if root is None:
-        return ""
-    try:
-        target = path.resolve()
-    except (OSError, RuntimeError):
-        return ""
-    if target == root or root in target.parents:
+def outside_folder(path: Path, root: Path) -> str:
+    """Why a listed ``path`` must not be opened as a clip of the data folder ``root``: as written (``..``, an absolute
+    path) it leads outside it; empty when it stays inside. Symbolic links inside the folder are followed, as data
+    folders often link their files from elsewhere; only the listing's own path is judged."""
+    target = Path(os.path.normpath(os.path.join(os.path.abspath(root), path)))
+    base = Path(os.path.normpath(os.path.abspath(root)))
+    if target == base or base in target.parents:
         return ""
     return (
-        f"outside the data folder {root}: it resolves to {target}; not opened (move the file into the data folder "
-        "or set the data root to a folder that holds it)"
+        f"outside the data folder {base}: the listed path leads to {target}; not opened (move the file into the data "
+        "folder or set the data root to a folder that holds it)"
     )

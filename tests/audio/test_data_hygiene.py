@@ -91,7 +91,9 @@ def test_csv_paths_outside_the_data_folder_are_refused_unopened(tmp_path, monkey
     listing = data / "clips.csv"
     listing.write_text(f"path,label\ninside.wav,a\n../secret/outside.wav,b\n{outside},c\nlink.wav,d\n")
     entries = csv_entries(listing)
-    assert [bool(entry.problem) for entry in entries] == [False, True, True, True]
+    # A listed path that leads outside is refused; a link inside the folder is followed (data folders often link
+    # their files from another disk).
+    assert [bool(entry.problem) for entry in entries] == [False, True, True, False]
 
     opened: list[str] = []
     decode = cache_module.try_read_int16
@@ -103,10 +105,24 @@ def test_csv_paths_outside_the_data_folder_are_refused_unopened(tmp_path, monkey
     monkeypatch.setattr(cache_module, "try_read_int16", recording)
     out = tmp_path / "cache"
     report = build_cache(entries, out, workers=0, progress=False)
-    assert opened == [str(data / "inside.wav")], "a path outside the data folder was opened"
-    assert report.num_clips == 1 and report.num_failed == 3
+    assert opened == [str(data / "inside.wav"), str(data / "link.wav")], "a path outside the data folder was opened"
+    assert report.num_clips == 2 and report.num_failed == 2
     assert all("outside the data folder" in reason for _, reason in report.failures)
-    assert (out / "failures.tsv").read_text().count("outside the data folder") == 3
+    assert (out / "failures.tsv").read_text().count("outside the data folder") == 2
+
+
+def test_an_fsd50k_fname_that_leads_outside_is_refused(tmp_path):
+    from aiaudio.audio.datasets import fsd50k_entries
+
+    root = tmp_path / "FSD50K"
+    (root / "FSD50K.dev_audio").mkdir(parents=True)
+    (root / "FSD50K.ground_truth").mkdir()
+    (root / "FSD50K.ground_truth" / "vocabulary.csv").write_text("0,Dog,/m/0bt9lr\n")
+    (root / "FSD50K.ground_truth" / "dev.csv").write_text("fname,labels,mids,split\n1,Dog,/m/0bt9lr,train\n"
+                                                          "../../outside,Dog,/m/0bt9lr,train\n")
+    entries = fsd50k_entries(root, "train")
+    assert [bool(entry.problem) for entry in entries] == [False, True]
+    assert "outside the data folder" in entries[1].problem
 
 
 def test_truncated_silent_single_sample_and_clipped_clips_are_named_and_counted(tmp_path):

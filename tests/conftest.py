@@ -71,3 +71,34 @@ def tiny_checkpoints(tiny_config_args, tmp_path_factory) -> dict[str, Path]:
         run_pretrain(config)
         out[name] = runs / name
     return out
+
+
+# ---- the fault suite's report (see tests/faults.py)
+_FAULT_OUTCOMES: dict[str, list[str]] = {}
+
+
+def _fault_key(nodeid: str) -> str:
+    return nodeid.split("[", 1)[0]
+
+
+def pytest_runtest_logreport(report) -> None:
+    from faults import FAULTS
+
+    key = _fault_key(report.nodeid)
+    if key not in FAULTS:
+        return
+    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        _FAULT_OUTCOMES.setdefault(key, []).append(report.outcome)
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    target = os.environ.get("RELIABILITY_REPORT")
+    if not target or not _FAULT_OUTCOMES:
+        return
+    import json
+
+    from faults import FAULTS
+
+    rows = [{"test": key, "area": area, "fault": fault, "holds": holds, "outcomes": _FAULT_OUTCOMES.get(key, [])}
+            for key, (area, fault, holds) in FAULTS.items()]
+    Path(target).write_text(json.dumps({"rows": rows}, indent=2) + "\n", encoding="utf-8")

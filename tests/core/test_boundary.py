@@ -118,3 +118,20 @@ def test_the_core_and_its_tests_import_with_the_audio_packages_made_unimportable
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert int(done.stdout.strip().splitlines()[-1]) > 20
+
+
+def test_every_fault_listed_in_the_fault_suite_is_a_real_test() -> None:
+    """tests/faults.py names tests by file and function: each must exist, so the reliability table never lists a
+    fault no test injects."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from faults import FAULTS
+
+    missing = []
+    for key in FAULTS:
+        path, name = key.split("::")
+        source = (REPO / path).read_text(encoding="utf-8") if (REPO / path).is_file() else ""
+        if f"def {name}(" not in source:
+            missing.append(key)
+    assert missing == [] and len(FAULTS) > 40

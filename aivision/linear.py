@@ -9,6 +9,7 @@ carved from the training images, never the test split. Results: ``results.{json,
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -31,7 +32,8 @@ from aiaudio.eval.labelled import (
     write_readout_report,
 )
 from aiaudio.eval.learner import feature_table
-from aiaudio.eval.plans import readout_plans
+from aiaudio.eval.finetune import FinetuneConfig, finetune_readout
+from aiaudio.eval.plans import fixed_descriptor, readout_plans
 from aiaudio.eval.readout import ReadoutData
 from aivision.augment import ImageInput
 from aivision.data import ImageEntry, ImageSet, csv_image_entries, image_folder_entries
@@ -62,9 +64,23 @@ class LinearDataConfig(LabelledDataConfig):
 
 @dataclass
 class LinearConfig(ReadoutRunConfig):
-    """A readout run (see :class:`~aiaudio.eval.labelled.ReadoutRunConfig`) on a labelled image set."""
+    """A readout run (see :class:`~aiaudio.eval.labelled.ReadoutRunConfig`) on a labelled image set, with optional
+    fine-tuning baselines: ``finetune`` lists block counts (0: the whole encoder; k: its last k blocks), trained by
+    ``finetune_learner`` at the descriptor ``finetune_at``; ``finetune_time_matched`` gives each the wall time the
+    learned-invariance readout took."""
 
     data: LinearDataConfig = field(default_factory=LinearDataConfig)
+    finetune: list[int] = field(default_factory=list)
+    finetune_learner: FinetuneConfig = field(default_factory=FinetuneConfig)
+    finetune_at: str = "all"
+    finetune_time_matched: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if any(blocks < 0 for blocks in self.finetune):
+            raise ValueError(f"finetune lists block counts >= 0 (0: the whole encoder), got {self.finetune}")
+        if self.finetune_time_matched and not self.learn_invariance:
+            raise ValueError("finetune_time_matched matches the learned-invariance readout: set learn_invariance=true")
 
 
 def parse_linear_config(raw: dict[str, Any]) -> LinearConfig:
@@ -149,6 +165,17 @@ def run_linear(config: LinearConfig) -> dict[str, Any]:
         encoder, plans, readout_data, train, test, config.learner, config.sweep, config.lowshot_fractions,
         config.lowshot_splits, data.val_fraction, data.seed, device,
     ) if config.lowshot_fractions else {}
+    for blocks in config.finetune:
+        learner = config.finetune_learner
+        if config.finetune_time_matched and "learned" in results:
+            learner = dataclasses.replace(learner, seconds=results["learned"]["seconds"])
+        descriptor = fixed_descriptor(encoder, config.finetune_at, 0) if encoder.amortised else None
+        name = "finetune:all" if blocks == 0 else f"finetune:last{blocks}"
+        results[name] = finetune_readout(encoder.encoder, inputs, readout_data, train, test, blocks, learner,
+                                         descriptor, data.val_fraction, data.seed, device)
+        if descriptor is not None:
+            results[name]["descriptor"] = encoder.space.to_mapping(descriptor)
+        results[name].update(mode="finetune", invariance_lr=None)
     report = {
         "checkpoint": str(encoder.source), "fingerprint": encoder.fingerprint(), "amortised": encoder.amortised,
         "task": data.task, "metric": METRICS[data.task], "factors": list(encoder.space.names),

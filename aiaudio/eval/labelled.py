@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,8 +208,10 @@ def run_readouts(
     for plan in plans:
         name = plan.kind if plan.kind != "fixed" else f"fixed:{plan.text}"
         log.info("readout %s: %d training and %d test items", name, len(train), len(test))
+        started = time.perf_counter()
         result = linear_readout(plan.encoder, data, train, test, learner, sweep, plan.start, val_fraction, seed, device)
         summary = result_summary(result)
+        summary["seconds"] = round(time.perf_counter() - started, 2)
         descriptor = result.descriptor
         summary["descriptor"] = None if descriptor is None else encoder.space.to_mapping(descriptor.cpu().clamp(0, 1))
         summary["mode"] = plan.kind

@@ -139,3 +139,10 @@ def test_the_plain_vit_baseline_is_timms_vit_and_ignores_the_descriptor():
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(model(x, torch.tensor([1.0, 0.0])), model(x, torch.tensor([0.0, 1.0])))
     assert model(x).shape == (2, 192)
+
+
+def test_finetuning_the_last_blocks_of_a_vit_includes_its_final_norm():
+    from aiaudio.eval.finetune import trailing_blocks
+
+    model = tiny()
+    assert trailing_blocks(model, 2) == [model.blocks[10], model.blocks[11], model.norm]

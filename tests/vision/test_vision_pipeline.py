@@ -220,3 +220,28 @@ def test_lowshot_readouts_average_over_seeded_training_subsets(tiny_run: Path, s
     assert "Low-shot" in (tmp_path / "out" / "results.md").read_text()
     again = run_linear(config)["lowshot"]["fixed:all"]
     assert again == lowshot  # the subsets are seeded
+
+
+def test_finetuning_baselines_train_a_copy_of_the_last_blocks_or_all(tiny_run: Path, shapes: Path, tmp_path: Path):
+    from aiaudio.eval.finetune import trailing_blocks
+    from aivision.linear import parse_linear_config, run_linear
+
+    before = {k: v.clone() for k, v in load_encoder(tiny_run).encoder.state_dict().items()}
+    config = parse_linear_config(apply_overrides({}, [
+        f"checkpoint={tiny_run}", f"out_dir={tmp_path / 'out'}", "data.format=csv", f"data.csv={shapes / 'factors.csv'}",
+        "data.task=classification", "data.label_column=colour", "learner.epochs=2", "sweep.lrs=[0.1]",
+        "sweep.weight_decays=[0.0]", "device=cpu", "fixed=[]", "finetune=[0,1]", "finetune_learner.epochs=2",
+        "finetune_time_matched=true",
+    ]))
+    readouts = run_linear(config)["readouts"]
+    whole, last = readouts["finetune:all"], readouts["finetune:last1"]
+    assert whole["trained_parameters"] > last["trained_parameters"] > 0
+    assert whole["seconds"] <= readouts["learned"]["seconds"] + 30  # a budget, checked between batches
+    assert set(whole["descriptor"]) == {"spatial", "appearance"} and 0.0 <= whole["test_score"] <= 1.0
+    after = load_encoder(tiny_run).encoder.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())  # the checkpoint is untouched
+    assert "| finetune:last1 |" in (tmp_path / "out" / "results.md").read_text()
+    encoder = load_encoder(tiny_run).encoder
+    assert trailing_blocks(encoder, 2) == [encoder.layer4[0], encoder.layer4[1]] and trailing_blocks(encoder, 0) == [encoder]
+    with pytest.raises(ValueError, match="cannot fine-tune the last 99"):
+        trailing_blocks(encoder, 99)

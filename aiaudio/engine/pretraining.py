@@ -117,13 +117,15 @@ class MethodConfig:
     """``name``: simclr, mocov2 (one queue per descriptor, ``queue_size`` keys each) or mocov3.
 
     ``momentum``: the key encoder's EMA momentum (MoCo-v2: constant, default 0.999; MoCo-v3: the base of the cosine
-    schedule, default 0.99).
+    schedule, default 0.99). ``heads_per_descriptor`` (MoCo-v2): one projection head per descriptor, as the paper's
+    code has.
     """
 
     name: str = "simclr"
     temperature: float = 0.1
     queue_size: int = 65536
     momentum: float | None = None
+    heads_per_descriptor: bool = False
 
     def __post_init__(self) -> None:
         if self.name not in METHODS:
@@ -134,6 +136,8 @@ class MethodConfig:
             raise ValueError(f"method.queue_size must be >= 1, got {self.queue_size}")
         if self.momentum is not None and not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"method.momentum must lie in [0, 1), got {self.momentum}")
+        if self.heads_per_descriptor and self.name != "mocov2":
+            raise ValueError("method.heads_per_descriptor is an option of mocov2 (the paper's code); remove it")
 
 
 def fixed_descriptor(space: InvarianceSpace, invariance: InvarianceConfig) -> torch.Tensor | None:
@@ -161,7 +165,8 @@ def build_method(
         projector = ProjectionHead(features, model.projector_hidden, model.projector_dim, model.projector_layers,
                                    batch_norm=False, last_batch_norm=model.projector_last_bn)
         momentum = 0.999 if method.momentum is None else method.momentum
-        return MoCoV2(encoder, projector, descriptors, method.queue_size, momentum, method.temperature)
+        return MoCoV2(encoder, projector, descriptors, method.queue_size, momentum, method.temperature,
+                      method.heads_per_descriptor)
     projector = ProjectionHead(features, model.projector_hidden, model.projector_dim, model.projector_layers,
                                last_batch_norm=model.projector_last_bn)
     predictor = PredictionHead(model.projector_dim, model.predictor_hidden, model.projector_dim)

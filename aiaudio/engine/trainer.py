@@ -161,6 +161,10 @@ class TrainingModule(nn.Module):
         """The submodule ``trainer.compile`` hands to ``torch.compile`` (the whole module by default)."""
         return self
 
+    def unused_parameters_possible(self) -> bool:
+        """Whether a step may leave some parameters without gradients (DDP then looks for them each step)."""
+        return False
+
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; the last good checkpoint is kept."""
@@ -245,7 +249,9 @@ class Trainer:
         self.train_model: nn.Module = self.model
         if dist_info.distributed:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self.train_model = DistributedDataParallel(self.model, device_ids=device_ids)
+            self.train_model = DistributedDataParallel(
+                self.model, device_ids=device_ids, find_unused_parameters=self.model.unused_parameters_possible()
+            )
 
     def _resume(self) -> int:
         """Load the newest intact checkpoint (a damaged one is passed over with a warning); 0 for a fresh run."""

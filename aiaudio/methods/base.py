@@ -21,6 +21,10 @@ class ContrastiveMethod(nn.Module):
     def after_step(self, step: int, total_steps: int) -> None:
         """Called once after the optimiser step of training step ``step`` (0-based) of ``total_steps``."""
 
+    def unused_parameters_possible(self) -> bool:
+        """Whether a step may leave some parameters without gradients (DDP then looks for them each step)."""
+        return False
+
     def encoder_loaded(self) -> None:
         """Called after weights were loaded into the query side from outside (an initial checkpoint): a method with a
         momentum copy makes it equal to the query side again."""

@@ -7,6 +7,7 @@ parameter, so checkpoints save it and a resumed run continues exactly.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -45,11 +46,13 @@ class MoCoV2(ContrastiveMethod):
         queue_size: keys per queue.
         momentum: EMA momentum of the key encoder (constant, 0.999 in the paper).
         temperature: InfoNCE temperature (0.2 in MoCo-v2).
+        heads_per_descriptor: one projection head (and momentum head) per descriptor, as the paper's code has; a
+            step trains only its descriptor's head.
     """
 
     def __init__(
         self, encoder: nn.Module, projector: nn.Module, descriptors: torch.Tensor, queue_size: int = 65536,
-        momentum: float = 0.999, temperature: float = 0.2,
+        momentum: float = 0.999, temperature: float = 0.2, heads_per_descriptor: bool = False,
     ) -> None:
         super().__init__()
         _check_momentum(momentum, temperature)
@@ -57,10 +60,16 @@ class MoCoV2(ContrastiveMethod):
             raise ValueError(f"method.queue_size must be >= 1, got {queue_size}")
         if descriptors.dim() != 2 or len(descriptors) < 1:
             raise ValueError(f"MoCoV2 needs descriptors [Q, K], got shape {tuple(descriptors.shape)}")
+        dim = _output_dim(projector)
+        if heads_per_descriptor:
+            projector = nn.ModuleList([projector] + [copy.deepcopy(projector) for _ in range(len(descriptors) - 1)])
+            for head in list(projector)[1:]:
+                _reset(head)
         self.encoder, self.projector = encoder, projector
         self.momentum_encoder, self.momentum_projector = momentum_copy(encoder), momentum_copy(projector)
         self.momentum, self.temperature = momentum, temperature
-        dim = _output_dim(projector)
+        self.heads_per_descriptor = heads_per_descriptor
+        self._rows = {tuple(row): index for index, row in enumerate(descriptors.detach().float().tolist())}
         self.register_buffer("descriptors", descriptors.detach().float().clone())
         self.register_buffer("queue", F.normalize(torch.randn(len(descriptors), queue_size, dim), dim=2))
         self.register_buffer("queue_ptr", torch.zeros(len(descriptors), dtype=torch.long))
@@ -71,10 +80,22 @@ class MoCoV2(ContrastiveMethod):
         matches = (self.descriptors == descriptor.to(self.descriptors)).all(dim=1)
         return matches.to(torch.uint8).argmax()
 
+    def heads(self, descriptor: torch.Tensor) -> tuple[nn.Module, nn.Module]:
+        """The projection head and momentum head of ``descriptor`` (the shared pair without per-descriptor heads)."""
+        if not self.heads_per_descriptor:
+            return self.projector, self.momentum_projector
+        row = self._rows[tuple(descriptor.detach().float().cpu().tolist())]
+        return self.projector[row], self.momentum_projector[row]
+
+    def unused_parameters_possible(self) -> bool:
+        """With a head per descriptor, a step leaves the other heads without gradients (DDP must be told)."""
+        return self.heads_per_descriptor
+
     def forward(self, view1: torch.Tensor, view2: torch.Tensor, descriptor: torch.Tensor) -> dict[str, torch.Tensor]:
-        q = self.projector(self.encoder(view1, descriptor))
+        projector, momentum_projector = self.heads(descriptor)
+        q = projector(self.encoder(view1, descriptor))
         with torch.no_grad():
-            k = self.momentum_projector(self.momentum_encoder(view2, descriptor))
+            k = momentum_projector(self.momentum_encoder(view2, descriptor))
         index = self.queue_index(descriptor)
         loss = moco_infonce(q, k, self.queue[index], self.temperature)
         keys = F.normalize(k.detach().float(), dim=1)
@@ -152,6 +173,13 @@ class MoCoV3(ContrastiveMethod):
         momentum = cosine_momentum(self.base_momentum, step + 1, total_steps)
         ema_update(self.momentum_encoder, self.encoder, momentum)
         ema_update(self.momentum_projector, self.projector, momentum)
+
+
+def _reset(module: nn.Module) -> None:
+    """Fresh initial weights for every layer of a copied head."""
+    for layer in module.modules():
+        if hasattr(layer, "reset_parameters") and layer is not module:
+            layer.reset_parameters()
 
 
 def _output_dim(head: nn.Module) -> int:

@@ -71,6 +71,9 @@ class ContrastivePretrainer(TrainingModule):
     def compile_target(self) -> nn.Module:
         return self.method
 
+    def unused_parameters_possible(self) -> bool:
+        return self.method.unused_parameters_possible()
+
     def descriptor(self, step: int) -> torch.Tensor:
         """The descriptor used at ``step`` (CPU, float32, shape ``[K]``)."""
         if self.fixed_descriptor is not None:

@@ -103,7 +103,8 @@ def test_fewshot_episodes_learn_an_invariance_on_the_toy(tmp_path: Path) -> None
 
 
 @pytest.mark.slow
-def test_moco_v2_queues_on_two_gloo_ranks_hold_only_their_descriptors_keys(tmp_path: Path):
+@pytest.mark.parametrize("heads", ["shared head", "heads"])
+def test_moco_v2_queues_on_two_gloo_ranks_hold_only_their_descriptors_keys(tmp_path: Path, heads: str):
     """Two ranks: each step's keys are gathered from both ranks and queued in that step's descriptor's queue only;
     the queues and weights of both ranks stay identical."""
     import os
@@ -111,7 +112,8 @@ def test_moco_v2_queues_on_two_gloo_ranks_hold_only_their_descriptors_keys(tmp_p
     import sys
 
     worker = Path(__file__).resolve().parent / "toy_ddp_worker.py"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(worker), str(tmp_path)]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(worker), str(tmp_path),
+               heads]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-4000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
@@ -224,3 +226,30 @@ def test_a_full_disk_while_saving_says_so_and_keeps_the_previous_checkpoint(tmp_
     assert "step_00000004" in str(error.value) and "is intact" in str(error.value)
     assert latest_checkpoint(tmp_path / "run").name == "step_00000004"
     assert not list((tmp_path / "run" / "checkpoints").glob(".tmp-*"))  # no partial checkpoint left behind
+
+
+def test_moco_v2_with_a_head_per_descriptor_trains_only_the_steps_head_and_resumes_exactly(tmp_path: Path):
+    trainer = toy_trainer(steps=1, ckpt_every=1)
+    parts = parts_builder("mocov2", trainer, ToyVectors(), heads_per_descriptor=True)(None)
+    method: MoCoV2 = parts.model.method
+    assert len(method.projector) == len(method.descriptors) == 4 and method.unused_parameters_possible()
+    before = [[p.detach().clone() for p in head.parameters()] for head in method.projector]
+    row = int(method.queue_index(parts.model.descriptor(0)))
+    run_pretraining(tmp_path / "one", toy_config("mocov2", trainer), trainer, lambda info: parts)
+    changed = [any(not torch.equal(p, q) for p, q in zip(head.parameters(), old))
+               for head, old in zip(method.projector, before)]
+    assert changed == [index == row for index in range(4)]
+
+    def heads_run(run: Path, dataset: ToyVectors) -> dict:
+        full = toy_trainer()
+        return run_pretraining(run, toy_config("mocov2-heads", full), full,
+                               parts_builder("mocov2", full, dataset, heads_per_descriptor=True))
+
+    heads_run(tmp_path / "whole", ToyVectors())
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        heads_run(tmp_path / "killed", ToyVectors(crash_after=8 * 5))
+    assert heads_run(tmp_path / "killed", ToyVectors())["start_step"] == 4
+    whole = load_file(str(latest_checkpoint(tmp_path / "whole") / "model.safetensors"))
+    resumed = load_file(str(latest_checkpoint(tmp_path / "killed") / "model.safetensors"))
+    for key in whole:
+        torch.testing.assert_close(resumed[key], whole[key], rtol=0, atol=0, msg=key)

@@ -102,13 +102,15 @@ def toy_hyper_mlp(pretrained: bool = False, *, inv_dim: int, in_chans: int, widt
 
 
 def toy_parts(
-    method: str, trainer: TrainerConfig, dataset: ToyVectors, mode: str = "amortised", queue_size: int = 16
+    method: str, trainer: TrainerConfig, dataset: ToyVectors, mode: str = "amortised", queue_size: int = 16,
+    heads_per_descriptor: bool = False,
 ) -> PretrainParts:
     """The toy's pretraining parts for ``method`` (simclr, mocov2, mocov3)."""
     space = InvarianceSpace(FACTORS, min_active=0)
     model = ModelConfig(encoder="toy_hyper_mlp", encoder_args={"width": 16}, projector_hidden=16, projector_dim=8,
                         predictor_hidden=16)
-    method_config = MethodConfig(name=method, temperature=0.2, queue_size=queue_size)
+    method_config = MethodConfig(name=method, temperature=0.2, queue_size=queue_size,
+                                 heads_per_descriptor=heads_per_descriptor)
     invariance = InvarianceConfig(mode=mode, min_active=0)
     pretrainer, record = build_pretrainer(ToyViews(), space, DIM, model, method_config, invariance, trainer.seed)
     return PretrainParts(pretrainer, dataset, record, summary={"items": len(dataset)})

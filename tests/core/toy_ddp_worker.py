@@ -17,13 +17,13 @@ from toy import ToyVectors, toy_config, toy_parts, toy_trainer  # noqa: E402
 from aiaudio.engine.pretraining import run_pretraining  # noqa: E402
 
 
-def main(out: Path) -> None:
+def main(out: Path, heads: bool) -> None:
     trainer = toy_trainer(steps=10, ckpt_every=10, batch_size=8)
     seen: list[tuple[list[float], int]] = []
     holder = {}
 
     def build(info):
-        parts = toy_parts("mocov2", trainer, ToyVectors(), queue_size=128)
+        parts = toy_parts("mocov2", trainer, ToyVectors(), queue_size=128, heads_per_descriptor=heads)
         method = parts.model.method
         original = method.enqueue
 
@@ -40,9 +40,9 @@ def main(out: Path) -> None:
     torch.save({
         "seen": seen, "queue": method.queue.clone(), "queue_ptr": method.queue_ptr.clone(),
         "descriptors": method.descriptors.clone(),
-        "weights": {k: v.clone() for k, v in method.encoder.state_dict().items()},
+        "weights": {k: v.clone() for k, v in method.state_dict().items() if not k.startswith(("queue", "momentum"))},
     }, out / f"rank{rank}.pt")
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), len(sys.argv) > 2 and sys.argv[2] == "heads")

@@ -11,7 +11,7 @@ from __future__ import annotations
 FAULTS: dict[str, tuple[str, str, str]] = {
     # ---- runs: kills, signals, damaged or unwritable checkpoints, divergence
     "tests/audio/test_pretrain_cli.py::test_sigkill_midway_then_rerun_gives_identical_weights": (
-        "runs", "SIGKILL of `aiaudio pretrain` midway (also during a checkpoint write), then the same command",
+        "runs", "SIGKILL of `aiaudio pretrain` once its step-12 checkpoint exists (of 24 steps), then the same command",
         "the rerun resumes and ends with bit-identical weights to an uninterrupted run"),
     "tests/core/test_toy_modality.py::test_a_killed_run_resumes_to_the_weights_and_queues_of_an_uninterrupted_one": (
         "runs", "a crash while reading the batch of step 6 of 8 (SimCLR, MoCo-v2, MoCo-v3)",

@@ -1,0 +1,204 @@
+"""Build the real-image mini benchmark from Debian packages (``apt-get download`` + ``dpkg-deb -x``, nothing
+installed), in the official layouts the real readers read. No image is committed; each package's copyright file is
+kept in ``licences/``; ``manifest.json`` records every package's version, ``.deb`` checksum, licences and use, and
+the SHA-256 of every source file a set was built from. Rerunning reuses what is built.
+
+The sets built so far:
+
+* ``fashion_cifar/cifar-10-batches-py``: Fashion-MNIST (dataset-fashion-mnist) written as CIFAR-10 python pickles
+  (each 28 x 28 grey image padded to 32 x 32 and repeated on three channels; 60,000 train images in five batches,
+  10,000 test), so ``aivision linear ... data.format=official data.official=cifar10`` reads it;
+* ``units``: Wesnoth unit sprites (wesnoth-1.16-data), one class per unit (a sprite's unit is the longest proper prefix
+  of its name that is a base sprite of its folder), classes with at least ``MIN_PER_UNIT`` sprites, split class-disjointly
+  into ``train`` / ``val`` / ``test`` folders by a hash of the class name; RGBA composited on mid grey. ``aivision
+  fewshot data.root=.../units`` reads it.
+
+Still to come (see the issue): the unlabelled pretraining pool, the scene, material and clip-art classification sets
+and the landmark regression set.
+
+    benchmarks/vision_minibench/build                   # into data/vision_minibench
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+import logging
+import pickle
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torchvision.io import ImageReadMode, decode_image, write_png
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks.minibench.build import BuildError, build_set, download_packages, package_facts, unpack  # noqa: E402
+
+LOG = logging.getLogger("vision_minibench.build")
+
+FASHION_PACKAGE = "dataset-fashion-mnist"
+UNITS_PACKAGE = "wesnoth-1.16-data"
+FASHION_CLASSES = ("t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
+                   "ankle boot")
+MIN_PER_UNIT = 10
+UNIT_SPLITS = (("train", 0.64), ("val", 0.16), ("test", 0.20))
+BACKGROUND = 128
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX array (the MNIST format), gzip-compressed: magic ``0 0 8 ndim``, big-endian dims, uint8 data."""
+    with gzip.open(path, "rb") as handle:
+        data = handle.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 8:
+        raise BuildError(f"{path} is not a uint8 IDX file")
+    ndim = data[3]
+    dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if array.size != int(np.prod(dims)):
+        raise BuildError(f"{path}: the header says {dims}, the file holds {array.size} values")
+    return array.reshape(dims)
+
+
+def fashion_files(unpacked: Path) -> dict[str, Path]:
+    folder = unpacked / "usr" / "share" / "datasets" / "fashion-mnist"
+    names = {"train_images": "train-images-idx3-ubyte.gz", "train_labels": "train-labels-idx1-ubyte.gz",
+             "test_images": "t10k-images-idx3-ubyte.gz", "test_labels": "t10k-labels-idx1-ubyte.gz"}
+    files = {key: folder / name for key, name in names.items()}
+    missing = [str(path) for path in files.values() if not path.is_file()]
+    if missing:
+        raise BuildError(f"{FASHION_PACKAGE} lacks {missing}")
+    return files
+
+
+def as_cifar_rows(images: np.ndarray) -> np.ndarray:
+    """``[N, 28, 28]`` grey -> ``[N, 3072]`` CIFAR rows (32 x 32 after a 2-pixel zero border, channel-major RGB)."""
+    padded = np.pad(images, ((0, 0), (2, 2), (2, 2)))
+    return np.repeat(padded[:, None], 3, axis=1).reshape(len(images), 3 * 32 * 32)
+
+
+def write_fashion_cifar(files: dict[str, Path], out: Path) -> dict[str, Any]:
+    """Fashion-MNIST as ``out/cifar-10-batches-py`` (see the module docstring)."""
+    folder = out / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    train, train_labels = read_idx(files["train_images"]), read_idx(files["train_labels"])
+    test, test_labels = read_idx(files["test_images"]), read_idx(files["test_labels"])
+    if len(train) != len(train_labels) or len(test) != len(test_labels):
+        raise BuildError("Fashion-MNIST images and labels disagree in number")
+    for index, part in enumerate(np.array_split(np.arange(len(train)), 5), start=1):
+        _dump(folder / f"data_batch_{index}", {"batch_label": f"training batch {index} of 5",
+                                               "data": as_cifar_rows(train[part]),
+                                               "labels": [int(v) for v in train_labels[part]]})
+    _dump(folder / "test_batch", {"batch_label": "testing batch 1 of 1", "data": as_cifar_rows(test),
+                                  "labels": [int(v) for v in test_labels]})
+    _dump(folder / "batches.meta", {"label_names": list(FASHION_CLASSES), "num_vis": 3072,
+                                    "num_cases_per_batch": len(train) // 5})
+    return {"train_images": int(len(train)), "test_images": int(len(test)), "classes": len(FASHION_CLASSES),
+            "sources": {path.name: sha256_of(path) for path in files.values()}}
+
+
+def _dump(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "wb") as handle:
+        pickle.dump(record, handle, protocol=2)
+
+
+def unit_sprites(unpacked: Path) -> dict[str, list[Path]]:
+    """Unit class -> its sprites, from ``.../core/images/units/<race>/*.png`` (see the module docstring)."""
+    root = next(iter(sorted(unpacked.rglob("core/images/units"))), None)
+    if root is None:
+        raise BuildError(f"{UNITS_PACKAGE} holds no core/images/units folder")
+    classes: dict[str, list[Path]] = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        stems = {p.stem for p in folder.glob("*.png")}
+        for path in sorted(folder.glob("*.png")):
+            parts = path.stem.split("-")
+            unit = next(("-".join(parts[:n]) for n in range(len(parts) - 1, 0, -1) if "-".join(parts[:n]) in stems),
+                        path.stem)  # the longest proper prefix that is a base sprite, else the sprite itself
+            classes.setdefault(f"{folder.name}_{unit}", []).append(path)
+    return classes
+
+
+def unit_split(name: str) -> str:
+    """The split of a class, from a hash of its name (class-disjoint, stable across rebuilds)."""
+    position = int(hashlib.sha1(name.encode()).hexdigest()[:8], 16) / 16**8
+    total = 0.0
+    for split, share in UNIT_SPLITS:
+        total += share
+        if position < total:
+            return split
+    return UNIT_SPLITS[-1][0]
+
+
+def write_units(classes: dict[str, list[Path]], out: Path, min_per_unit: int = MIN_PER_UNIT) -> dict[str, Any]:
+    """The unit sprites as ``out/{train,val,test}/<class>/NNN.png`` (RGB on mid grey)."""
+    kept = {name: paths for name, paths in classes.items() if len(paths) >= min_per_unit}
+    counts: dict[str, dict[str, int]] = {split: {"classes": 0, "images": 0} for split, _ in UNIT_SPLITS}
+    sources: dict[str, str] = {}
+    skipped = 0
+    for name, paths in sorted(kept.items()):
+        split = unit_split(name)
+        folder = out / split / name
+        folder.mkdir(parents=True)
+        written = 0
+        for path in paths:
+            try:
+                rgba = decode_image(str(path), mode=ImageReadMode.RGB_ALPHA)
+            except (RuntimeError, ValueError) as error:
+                LOG.warning("skipping %s: %s", path, error)
+                skipped += 1
+                continue
+            alpha = rgba[3:].float() / 255
+            rgb = (rgba[:3].float() * alpha + BACKGROUND * (1 - alpha)).round().to(torch.uint8)
+            write_png(rgb, str(folder / f"{written:03d}.png"))
+            sources[f"{name}/{path.name}"] = sha256_of(path)
+            written += 1
+        counts[split]["classes"] += 1
+        counts[split]["images"] += written
+    return {"splits": counts, "classes": len(kept), "classes_below_minimum": len(classes) - len(kept),
+            "skipped_unreadable": skipped, "sources": sources}
+
+
+def build(out: Path) -> dict[str, Any]:
+    """Fetch, unpack and convert into ``out``; returns the manifest (also written as ``manifest.json``)."""
+    out = Path(out)
+    debs = download_packages([FASHION_PACKAGE, UNITS_PACKAGE], out / "debs")
+    unpacked = {package: unpack(deb, out / "packages" / package) for package, deb in debs.items()}
+    facts = {package: package_facts(package, debs[package], unpacked[package], out / "licences") for package in debs}
+    facts[FASHION_PACKAGE]["used_for"] = "fashion_cifar (many-shot classification, CIFAR-10 layout)"
+    facts[UNITS_PACKAGE]["used_for"] = "units (few-shot classification, class-disjoint splits)"
+    sets = {
+        "fashion_cifar": build_set(out / "fashion_cifar", {"version": facts[FASHION_PACKAGE]["version"], "format": 1},
+                                   lambda where: write_fashion_cifar(fashion_files(unpacked[FASHION_PACKAGE]), where)),
+        "units": build_set(out / "units", {"version": facts[UNITS_PACKAGE]["version"], "format": 1,
+                                           "min_per_unit": MIN_PER_UNIT},
+                           lambda where: write_units(unit_sprites(unpacked[UNITS_PACKAGE]), where)),
+    }
+    manifest = {"packages": facts, "sets": sets}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[2] / "data" / "vision_minibench")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        manifest = build(args.out)
+    except BuildError as error:
+        print(f"vision_minibench build: error: {error}", file=sys.stderr)
+        return 2
+    for name, counts in manifest["sets"].items():
+        print(name, json.dumps({k: v for k, v in counts.items() if k != "sources"}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

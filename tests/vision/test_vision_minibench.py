@@ -1,0 +1,96 @@
+"""The real-image mini benchmark's builders, on small fixtures in the packages' own layouts (no download)."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.io import read_image, write_png
+
+from aivision.datasets import read_official
+from aivision.fewshot import FewshotImageDataConfig, class_split
+from benchmarks.vision_minibench.build import (
+    as_cifar_rows,
+    read_idx,
+    unit_split,
+    unit_sprites,
+    write_fashion_cifar,
+    write_units,
+)
+
+
+def write_idx(path: Path, array: np.ndarray) -> Path:
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + array.astype(np.uint8).tobytes())
+    return path
+
+
+def test_fashion_mnist_becomes_cifar10_pickles_the_official_reader_reads(tmp_path: Path):
+    rng = np.random.default_rng(0)
+    train, test = rng.integers(0, 256, (25, 28, 28)), rng.integers(0, 256, (7, 28, 28))
+    train_labels, test_labels = rng.integers(0, 10, 25), rng.integers(0, 10, 7)
+    files = {
+        "train_images": write_idx(tmp_path / "src" / "train-images-idx3-ubyte.gz", train),
+        "train_labels": write_idx(tmp_path / "src" / "train-labels-idx1-ubyte.gz", train_labels),
+        "test_images": write_idx(tmp_path / "src" / "t10k-images-idx3-ubyte.gz", test),
+        "test_labels": write_idx(tmp_path / "src" / "t10k-labels-idx1-ubyte.gz", test_labels),
+    }
+    np.testing.assert_array_equal(read_idx(files["train_images"]), train)
+    counts = write_fashion_cifar(files, tmp_path / "out")
+    assert counts["train_images"] == 25 and counts["test_images"] == 7 and len(counts["sources"]) == 4
+    read_train = read_official("cifar10", tmp_path / "out", "train")
+    read_test = read_official("cifar10", tmp_path / "out", "test")
+    assert read_train.class_names[9] == "ankle boot" and len(read_test) == 7
+    np.testing.assert_array_equal(read_train.targets, train_labels)
+    for channel in range(3):  # the grey image in the middle of every channel, a 2-pixel black border around it
+        np.testing.assert_array_equal(read_train.images[:, channel, 2:30, 2:30].numpy(), train)
+    assert int(read_train.images[:, :, :2].max()) == 0
+    assert as_cifar_rows(test).shape == (7, 3072)
+
+
+def sprite(path: Path, colour: int) -> None:
+    """An 8 x 8 RGBA sprite (as the game's): a square of ``colour``, transparent around it."""
+    from PIL import Image
+
+    image = np.zeros((8, 8, 4), dtype=np.uint8)
+    image[..., :3] = colour
+    image[2:6, 2:6, 3] = 255
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image, "RGBA").save(path)
+
+
+def test_unit_sprites_group_by_base_unit_and_split_class_disjointly(tmp_path: Path):
+    units = tmp_path / "pkg" / "data" / "core" / "images" / "units"
+    names = {"elves": ["archer", "archer-attack-1", "archer-bow-2", "archer-defend", "lord", "lord-die-3", "scout"],
+             "orcs": ["grunt", "grunt-attack-1", "grunt-idle-2", "grunt-attack-2", "troll-whelp-n-1"]}
+    for race, stems in names.items():
+        for index, stem in enumerate(stems):
+            sprite(units / race / f"{stem}.png", 40 + index)
+    classes = unit_sprites(tmp_path / "pkg")
+    assert {name: len(paths) for name, paths in classes.items()} == {
+        "elves_archer": 4, "elves_lord": 2, "elves_scout": 1, "orcs_grunt": 4, "orcs_troll-whelp-n-1": 1}
+    counts = write_units(classes, tmp_path / "units", min_per_unit=2)
+    assert counts["classes"] == 3 and counts["classes_below_minimum"] == 2
+    written = {path.parent.name: path.parent.parent.name for path in (tmp_path / "units").rglob("*.png")}
+    assert written == {name: unit_split(name) for name in ("elves_archer", "elves_lord", "orcs_grunt")}
+    image = read_image(str(next((tmp_path / "units").rglob("000.png"))))
+    assert image.shape == (3, 8, 8) and int(image[0, 0, 0]) == 128  # transparent pixels: the grey background
+    splits = [unit_split(f"class{i}") for i in range(2000)]
+    shares = {name: splits.count(name) / 2000 for name in ("train", "val", "test")}
+    assert abs(shares["train"] - 0.64) < 0.04 and abs(shares["val"] - 0.16) < 0.03 and abs(shares["test"] - 0.2) < 0.03
+
+
+def test_the_units_layout_is_what_aivision_fewshot_reads(tmp_path: Path):
+    for split, classes in (("train", ["a", "b"]), ("val", ["c", "d"]), ("test", ["e", "f", "g"])):
+        for name in classes:
+            for index in range(3):
+                path = tmp_path / "units" / split / name / f"{index:03d}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_png(torch.full((3, 8, 8), 50 + index, dtype=torch.uint8), str(path))
+    entries, val, test, names = class_split(FewshotImageDataConfig(root=str(tmp_path / "units")), seed=0)
+    assert [names[i] for i in val] == ["val/c", "val/d"] and [names[i] for i in test] == ["test/e", "test/f", "test/g"]
+    assert len(entries) == 15  # the training classes are not read

@@ -25,6 +25,7 @@ from aiaudio.eval.readout import (
     _better,
     _clip_loss,
     evaluate_readout,
+    row_training_targets,
     validation_split,
 )
 from aiaudio.seeding import generator_for
@@ -108,14 +109,7 @@ def finetune_readout(
     fit, val = validation_split(data, torch.as_tensor(train, dtype=torch.int64).cpu(), val_fraction, seed)
     rows, row_clip = data.rows_of(fit)
     outputs = data.num_outputs
-    if data.task == "classification":
-        row_targets = data.targets[fit][row_clip].to(device)
-        mean, std = torch.zeros(outputs, device=device), torch.ones(outputs, device=device)
-    else:
-        targets = data.targets[fit].view(len(fit), -1).to(device)
-        mean, std = targets.mean(0), targets.std(0, unbiased=False)
-        std = torch.where(std > 0, std, torch.ones_like(std))
-        row_targets = ((targets - mean) / std)[row_clip.to(device)]
+    row_targets, mean, std = row_training_targets(data, fit, row_clip, device)
     fixed = None if descriptor is None else descriptor.to(device, torch.float32)
     with torch.no_grad():
         width = side.features(side.prepare(rows[:1].to(device)), None if fixed is None else fixed[None]).shape[1]

@@ -360,6 +360,21 @@ def validation_split(
 # --------------------------------------------------------------------------------------------------------------
 
 
+def row_training_targets(
+    data: ReadoutData, clips: torch.Tensor, row_clip: torch.Tensor, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each training row's target (class index; or regression targets standardised with the training clips' mean
+    and std), and that mean and std (zeros and ones for classification)."""
+    outputs = data.num_outputs
+    if data.task == "classification":
+        zeros, ones = torch.zeros(outputs, device=device), torch.ones(outputs, device=device)
+        return data.targets[clips][row_clip].to(device), zeros, ones
+    clip_targets = data.targets[clips].view(len(clips), -1).to(device)
+    mean, std = clip_targets.mean(0), clip_targets.std(0, unbiased=False)
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    return ((clip_targets - mean) / std)[row_clip.to(device)], mean, std
+
+
 def _clip_loss(task: str, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Per-item loss: cross-entropy (classification) or squared error summed over outputs (regression)."""
     if task == "classification":
@@ -457,14 +472,7 @@ def fit_readout(
     if config.normalize == "batchnorm" and len(rows) < 2:
         raise ValueError("normalize=batchnorm needs at least two training rows")
     outputs = data.num_outputs
-    if data.task == "classification":
-        row_targets = data.targets[train_clips][row_clip].to(device)
-        mean, std = torch.zeros(outputs, device=device), torch.ones(outputs, device=device)
-    else:
-        clip_targets = data.targets[train_clips].view(len(train_clips), -1).to(device)
-        mean, std = clip_targets.mean(0), clip_targets.std(0, unbiased=False)
-        std = torch.where(std > 0, std, torch.ones_like(std))
-        row_targets = ((clip_targets - mean) / std)[row_clip.to(device)]
+    row_targets, mean, std = row_training_targets(data, train_clips, row_clip, device)
 
     descriptor = None if start is None else start.detach().to(device, torch.float32).clone()
     probe = LinearReadout(torch.zeros(0), torch.zeros(0), descriptor, "none", None, None, mean, std)

@@ -13,8 +13,15 @@ The sets built so far:
   into ``train`` / ``val`` / ``test`` folders by a hash of the class name; RGBA composited on mid grey. ``aivision
   fewshot data.root=.../units`` reads it.
 
-Still to come (see the issue): the unlabelled pretraining pool, the scene, material and clip-art classification sets
-and the landmark regression set.
+* ``landmarks``: a regression set whose targets are known exactly, in the CelebA layout (``img_align_celeba/``,
+  ``list_landmarks_align_celeba.txt``, ``list_eval_partition.txt``; 178 x 218 images): a Tux Paint stamp
+  (tuxpaint-stamps-default, RGBA cut-outs) pasted onto a crop of an Endless Sky landscape (endless-sky-data) at a
+  random position, size and rotation; the five landmarks are the pasted stamp's four corners (top-left, top-right,
+  bottom-right, bottom-left) and its centre. ``aivision linear ... data.format=official data.official=celeba
+  data.task=regression`` reads it.
+
+Still to come (see the issue): the unlabelled pretraining pool and the scene, material and clip-art classification
+sets.
 
     benchmarks/vision_minibench/build                   # into data/vision_minibench
 """
@@ -26,6 +33,7 @@ import gzip
 import hashlib
 import json
 import logging
+import math
 import pickle
 import sys
 from pathlib import Path
@@ -33,7 +41,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torchvision.io import ImageReadMode, decode_image, write_png
+from torchvision.io import ImageReadMode, decode_image, write_jpeg, write_png
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks.minibench.build import BuildError, build_set, download_packages, package_facts, unpack  # noqa: E402
@@ -42,6 +50,12 @@ LOG = logging.getLogger("vision_minibench.build")
 
 FASHION_PACKAGE = "dataset-fashion-mnist"
 UNITS_PACKAGE = "wesnoth-1.16-data"
+STAMPS_PACKAGE = "tuxpaint-stamps-default"
+LANDSCAPES_PACKAGE = "endless-sky-data"
+LANDMARK_IMAGES = 2000
+LANDMARK_SIZE = (218, 178)  # height, width: CelebA's aligned size
+LANDMARK_SPLITS = (0.8, 0.1)  # train, val; the rest test
+CELEBA_HEADER = "lefteye_x lefteye_y righteye_x righteye_y nose_x nose_y leftmouth_x leftmouth_y rightmouth_x rightmouth_y"
 FASHION_CLASSES = ("t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
                    "ankle boot")
 MIN_PER_UNIT = 10
@@ -165,20 +179,98 @@ def write_units(classes: dict[str, list[Path]], out: Path, min_per_unit: int = M
             "skipped_unreadable": skipped, "sources": sources}
 
 
+def stamp_files(unpacked: Path) -> list[Path]:
+    stamps = sorted((unpacked / "usr" / "share" / "tuxpaint" / "stamps").rglob("*.png"))
+    if not stamps:
+        raise BuildError(f"{STAMPS_PACKAGE} holds no usr/share/tuxpaint/stamps/**/*.png")
+    return stamps
+
+
+def landscape_files(unpacked: Path) -> list[Path]:
+    landscapes = sorted((unpacked / "usr" / "share" / "games" / "endless-sky" / "images" / "land").glob("*.jpg"))
+    if not landscapes:
+        raise BuildError(f"{LANDSCAPES_PACKAGE} holds no usr/share/games/endless-sky/images/land/*.jpg")
+    return landscapes
+
+
+def paste(background: torch.Tensor, stamp: torch.Tensor, centre: tuple[float, float], size: float, angle: float
+          ) -> tuple[torch.Tensor, np.ndarray]:
+    """Paste RGBA ``stamp`` onto RGB float ``background`` ``[3, H, W]``: its longer side ``size`` pixels, rotated by
+    ``angle`` radians about its centre, placed at ``centre`` (x, y). Returns the image and the five landmarks
+    ``[5, 2]`` (corners clockwise from top-left, then the centre), in pixels of the background."""
+    _, height, width = background.shape
+    stamp_h, stamp_w = stamp.shape[-2:]
+    scale = size / max(stamp_h, stamp_w)
+    cos, sin = math.cos(angle), math.sin(angle)
+    corners = np.array([[-stamp_w / 2, -stamp_h / 2], [stamp_w / 2, -stamp_h / 2], [stamp_w / 2, stamp_h / 2],
+                        [-stamp_w / 2, stamp_h / 2], [0.0, 0.0]]) * scale
+    landmarks = corners @ np.array([[cos, sin], [-sin, cos]]) + np.array(centre)
+    ys, xs = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
+    dx, dy = xs - centre[0], ys - centre[1]
+    u = (cos * dx + sin * dy) / scale  # stamp pixels from its centre
+    v = (-sin * dx + cos * dy) / scale
+    grid = torch.stack([u / (stamp_w / 2), v / (stamp_h / 2)], dim=-1)[None].float()
+    sampled = torch.nn.functional.grid_sample(stamp[None].float() / 255, grid, mode="bilinear", padding_mode="zeros",
+                                              align_corners=False)[0]
+    alpha = sampled[3:]
+    return background * (1 - alpha) + sampled[:3] * alpha, landmarks
+
+
+def write_landmarks(stamps: list[Path], landscapes: list[Path], out: Path, count: int = LANDMARK_IMAGES,
+                    seed: int = 0) -> dict[str, Any]:
+    """The landmark set in the CelebA layout (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    height, width = LANDMARK_SIZE
+    folder = out / "img_align_celeba"
+    folder.mkdir(parents=True)
+    backgrounds = [decode_image(str(path), mode=ImageReadMode.RGB).float() / 255 for path in landscapes]
+    cutouts = [decode_image(str(path), mode=ImageReadMode.RGB_ALPHA) for path in stamps]
+    rows, partition = [], []
+    for index in range(count):
+        landscape = backgrounds[rng.integers(len(backgrounds))]
+        crop_h = int(rng.uniform(0.6, 1.0) * landscape.shape[1])
+        crop_w = min(landscape.shape[2], int(crop_h * width / height))
+        top = int(rng.integers(0, landscape.shape[1] - crop_h + 1))
+        left = int(rng.integers(0, landscape.shape[2] - crop_w + 1))
+        background = torch.nn.functional.interpolate(landscape[None, :, top : top + crop_h, left : left + crop_w],
+                                                     size=(height, width), mode="bilinear", antialias=True)[0]
+        size = rng.uniform(0.35, 0.6) * width
+        margin = size * 0.75  # the rotated stamp stays inside the image
+        centre = (rng.uniform(margin, width - margin), rng.uniform(margin, height - margin))
+        image, landmarks = paste(background, cutouts[rng.integers(len(cutouts))], centre, size,
+                                 math.radians(rng.uniform(-30, 30)))
+        name = f"{index + 1:06d}.jpg"
+        write_jpeg((image.clamp(0, 1) * 255).round().to(torch.uint8), str(folder / name), quality=92)
+        rows.append(f"{name} " + " ".join(f"{value:.0f}" for value in landmarks.flatten()))
+        share = index / count
+        partition.append(f"{name} {0 if share < LANDMARK_SPLITS[0] else 1 if share < sum(LANDMARK_SPLITS) else 2}")
+    (out / "list_landmarks_align_celeba.txt").write_text(f"{count}\n{CELEBA_HEADER}\n" + "\n".join(rows) + "\n")
+    (out / "list_eval_partition.txt").write_text("\n".join(partition) + "\n")
+    return {"images": count, "stamps": len(stamps), "landscapes": len(landscapes), "size": [height, width],
+            "sources": {f"{path.parent.name}/{path.name}": sha256_of(path) for path in [*stamps, *landscapes]}}
+
+
 def build(out: Path) -> dict[str, Any]:
     """Fetch, unpack and convert into ``out``; returns the manifest (also written as ``manifest.json``)."""
     out = Path(out)
-    debs = download_packages([FASHION_PACKAGE, UNITS_PACKAGE], out / "debs")
+    debs = download_packages([FASHION_PACKAGE, UNITS_PACKAGE, STAMPS_PACKAGE, LANDSCAPES_PACKAGE], out / "debs")
     unpacked = {package: unpack(deb, out / "packages" / package) for package, deb in debs.items()}
     facts = {package: package_facts(package, debs[package], unpacked[package], out / "licences") for package in debs}
     facts[FASHION_PACKAGE]["used_for"] = "fashion_cifar (many-shot classification, CIFAR-10 layout)"
     facts[UNITS_PACKAGE]["used_for"] = "units (few-shot classification, class-disjoint splits)"
+    facts[STAMPS_PACKAGE]["used_for"] = "landmarks (the pasted cut-outs)"
+    facts[LANDSCAPES_PACKAGE]["used_for"] = "landmarks (the backgrounds)"
     sets = {
         "fashion_cifar": build_set(out / "fashion_cifar", {"version": facts[FASHION_PACKAGE]["version"], "format": 1},
                                    lambda where: write_fashion_cifar(fashion_files(unpacked[FASHION_PACKAGE]), where)),
         "units": build_set(out / "units", {"version": facts[UNITS_PACKAGE]["version"], "format": 1,
                                            "min_per_unit": MIN_PER_UNIT},
                            lambda where: write_units(unit_sprites(unpacked[UNITS_PACKAGE]), where)),
+        "landmarks": build_set(out / "landmarks", {"versions": [facts[STAMPS_PACKAGE]["version"],
+                                                                facts[LANDSCAPES_PACKAGE]["version"]],
+                                                   "format": 1, "images": LANDMARK_IMAGES},
+                               lambda where: write_landmarks(stamp_files(unpacked[STAMPS_PACKAGE]),
+                                                             landscape_files(unpacked[LANDSCAPES_PACKAGE]), where)),
     }
     manifest = {"packages": facts, "sets": sets}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

@@ -94,3 +94,40 @@ def test_the_units_layout_is_what_aivision_fewshot_reads(tmp_path: Path):
     entries, val, test, names = class_split(FewshotImageDataConfig(root=str(tmp_path / "units")), seed=0)
     assert [names[i] for i in val] == ["val/c", "val/d"] and [names[i] for i in test] == ["test/e", "test/f", "test/g"]
     assert len(entries) == 15  # the training classes are not read
+
+
+def test_pasted_landmarks_sit_on_the_corners_of_the_pasted_stamp():
+    import math
+
+    from benchmarks.vision_minibench.build import paste
+
+    stamp = torch.full((4, 20, 30), 255, dtype=torch.uint8)  # an opaque white 30 x 20 card
+    image, landmarks = paste(torch.zeros(3, 120, 100), stamp, centre=(52.0, 61.0), size=45.0, angle=math.radians(25))
+    centre = landmarks[4]
+    np.testing.assert_allclose(centre, [52.0, 61.0])
+    for corner in landmarks[:4]:
+        inside = centre + 0.85 * (corner - centre)
+        outside = centre + 1.15 * (corner - centre)
+        assert image[0, int(inside[1]), int(inside[0])] > 0.9, corner  # just inside each corner: the card
+        assert image[0, int(outside[1]), int(outside[0])] < 0.1, corner  # just outside: the background
+    sides = np.linalg.norm(np.diff(landmarks[[0, 1, 2]], axis=0), axis=1)
+    np.testing.assert_allclose(sides, [45.0, 30.0], rtol=1e-6)  # the longer side is `size`, the aspect kept
+
+
+def test_the_landmark_set_is_what_the_celeba_reader_reads(tmp_path: Path):
+    from PIL import Image
+
+    from benchmarks.vision_minibench.build import write_landmarks
+
+    stamp = tmp_path / "stamps" / "card.png"
+    stamp.parent.mkdir()
+    Image.fromarray(np.full((20, 30, 4), 255, dtype=np.uint8), "RGBA").save(stamp)
+    land = tmp_path / "land" / "hills.jpg"
+    land.parent.mkdir()
+    Image.fromarray(np.zeros((360, 720, 3), dtype=np.uint8), "RGB").save(land)
+    counts = write_landmarks([stamp], [land], tmp_path / "landmarks", count=20)
+    assert counts["images"] == 20
+    train = read_official("celeba", tmp_path / "landmarks", "train")
+    test = read_official("celeba", tmp_path / "landmarks", "test")
+    assert len(train) == 16 and len(test) == 2 and train.targets.shape == (16, 10)
+    assert float(train.targets.min()) > 0.0 and float(train.targets.max()) < 1.0  # every landmark inside the image

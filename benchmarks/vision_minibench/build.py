@@ -20,8 +20,13 @@ The sets built so far:
   bottom-right, bottom-left) and its centre. ``aivision linear ... data.format=official data.official=celeba
   data.task=regression`` reads it.
 
-Still to come (see the issue): the unlabelled pretraining pool and the scene, material and clip-art classification
-sets.
+* ``scenes``: Endless Sky landscape photos (endless-sky-data) by scene, in the DTD layout (``images/<class>/*.jpg``,
+  ``labels/{train,val,test}1.txt``): the class is the file name without its number (``canyon3.jpg``: canyon),
+  names that credit a photographer rather than a scene (``NOT_SCENES``) left out, classes with at least
+  ``SCENE_MIN`` photos; about half of each class train, a quarter validation, a quarter test. ``aivision linear ...
+  data.format=official data.official=dtd data.train_split=train data.test_split=test`` reads it.
+
+Still to come (see the issue): the unlabelled pretraining pool and the material and clip-art classification sets.
 
     benchmarks/vision_minibench/build                   # into data/vision_minibench
 """
@@ -35,6 +40,7 @@ import json
 import logging
 import math
 import pickle
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -52,6 +58,8 @@ FASHION_PACKAGE = "dataset-fashion-mnist"
 UNITS_PACKAGE = "wesnoth-1.16-data"
 STAMPS_PACKAGE = "tuxpaint-stamps-default"
 LANDSCAPES_PACKAGE = "endless-sky-data"
+SCENE_MIN = 7
+NOT_SCENES = frozenset({"nasa", "myrabella", "bwerner"})  # photographers' names, not scenes
 LANDMARK_IMAGES = 2000
 LANDMARK_SIZE = (218, 178)  # height, width: CelebA's aligned size
 LANDMARK_SPLITS = (0.8, 0.1)  # train, val; the rest test
@@ -250,6 +258,36 @@ def write_landmarks(stamps: list[Path], landscapes: list[Path], out: Path, count
             "sources": {f"{path.parent.name}/{path.name}": sha256_of(path) for path in [*stamps, *landscapes]}}
 
 
+def scene_of(path: Path) -> str:
+    """``canyon3.jpg`` -> ``canyon``; ``mountain12-alps.jpg`` -> ``mountain``."""
+    return path.stem.split("-")[0].rstrip("0123456789").lower()
+
+
+def write_scenes(landscapes: list[Path], out: Path, minimum: int = SCENE_MIN) -> dict[str, Any]:
+    """The scene set in the DTD layout (see the module docstring)."""
+    classes: dict[str, list[Path]] = {}
+    for path in landscapes:
+        if scene_of(path) not in NOT_SCENES:
+            classes.setdefault(scene_of(path), []).append(path)
+    kept = {name: sorted(paths) for name, paths in sorted(classes.items()) if len(paths) >= minimum}
+    splits: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    for name, paths in kept.items():
+        (out / "images" / name).mkdir(parents=True)
+        ordered = sorted(paths, key=lambda p: hashlib.sha1(p.name.encode()).hexdigest())
+        quarter = max(1, len(ordered) // 4)
+        for position, path in enumerate(ordered):
+            relative = f"{name}/{path.name}"
+            shutil.copyfile(path, out / "images" / relative)
+            split = "test" if position < quarter else "val" if position < 2 * quarter else "train"
+            splits[split].append(relative)
+    (out / "labels").mkdir()
+    for split, rows in splits.items():
+        (out / "labels" / f"{split}1.txt").write_text("\n".join(sorted(rows)) + "\n")
+    return {"classes": len(kept), "images": {split: len(rows) for split, rows in splits.items()},
+            "left_out_classes": sorted(set(classes) - set(kept)),
+            "sources": {path.name: sha256_of(path) for paths in kept.values() for path in paths}}
+
+
 def build(out: Path) -> dict[str, Any]:
     """Fetch, unpack and convert into ``out``; returns the manifest (also written as ``manifest.json``)."""
     out = Path(out)
@@ -259,13 +297,16 @@ def build(out: Path) -> dict[str, Any]:
     facts[FASHION_PACKAGE]["used_for"] = "fashion_cifar (many-shot classification, CIFAR-10 layout)"
     facts[UNITS_PACKAGE]["used_for"] = "units (few-shot classification, class-disjoint splits)"
     facts[STAMPS_PACKAGE]["used_for"] = "landmarks (the pasted cut-outs)"
-    facts[LANDSCAPES_PACKAGE]["used_for"] = "landmarks (the backgrounds)"
+    facts[LANDSCAPES_PACKAGE]["used_for"] = "landmarks (the backgrounds); scenes (classification)"
     sets = {
         "fashion_cifar": build_set(out / "fashion_cifar", {"version": facts[FASHION_PACKAGE]["version"], "format": 1},
                                    lambda where: write_fashion_cifar(fashion_files(unpacked[FASHION_PACKAGE]), where)),
         "units": build_set(out / "units", {"version": facts[UNITS_PACKAGE]["version"], "format": 1,
                                            "min_per_unit": MIN_PER_UNIT},
                            lambda where: write_units(unit_sprites(unpacked[UNITS_PACKAGE]), where)),
+        "scenes": build_set(out / "scenes", {"version": facts[LANDSCAPES_PACKAGE]["version"], "format": 1,
+                                             "minimum": SCENE_MIN},
+                            lambda where: write_scenes(landscape_files(unpacked[LANDSCAPES_PACKAGE]), where)),
         "landmarks": build_set(out / "landmarks", {"versions": [facts[STAMPS_PACKAGE]["version"],
                                                                 facts[LANDSCAPES_PACKAGE]["version"]],
                                                    "format": 1, "images": LANDMARK_IMAGES},

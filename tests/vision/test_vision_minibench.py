@@ -131,3 +131,27 @@ def test_the_landmark_set_is_what_the_celeba_reader_reads(tmp_path: Path):
     test = read_official("celeba", tmp_path / "landmarks", "test")
     assert len(train) == 16 and len(test) == 2 and train.targets.shape == (16, 10)
     assert float(train.targets.min()) > 0.0 and float(train.targets.max()) < 1.0  # every landmark inside the image
+
+
+def test_the_scene_set_groups_photos_by_scene_in_the_dtd_layout(tmp_path: Path):
+    from PIL import Image
+
+    from benchmarks.vision_minibench.build import scene_of, write_scenes
+
+    names = [f"canyon{i}.jpg" for i in range(8)] + [f"city{i}-credit.jpg" for i in range(8)] + \
+            [f"nasa{i}.jpg" for i in range(9)] + ["lava0.jpg", "lava1.jpg"]
+    paths = []
+    for name in names:
+        path = tmp_path / "land" / name
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(np.zeros((8, 16, 3), dtype=np.uint8), "RGB").save(path)
+        paths.append(path)
+    assert scene_of(paths[8]) == "city" and scene_of(paths[0]) == "canyon"
+    counts = write_scenes(paths, tmp_path / "scenes", minimum=7)
+    assert counts["classes"] == 2 and counts["left_out_classes"] == ["lava"]  # nasa is a credit, not a scene
+    train = read_official("dtd", tmp_path / "scenes", "train", fold=1)
+    val = read_official("dtd", tmp_path / "scenes", "val", fold=1)
+    test = read_official("dtd", tmp_path / "scenes", "test", fold=1)
+    assert train.class_names == ["canyon", "city"] and (len(train), len(val), len(test)) == (8, 4, 4)
+    keys = [{e.key for e in part.entries} for part in (train, val, test)]
+    assert not (keys[0] & keys[1]) and not (keys[0] & keys[2]) and not (keys[1] & keys[2])

@@ -16,13 +16,13 @@ printed and written to ``out_dir`` (``results.json``, ``results.md``, ``learned_
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from aiaudio.audio.data import default_cache_root
 from aiaudio.audio.metaaudio import METAAUDIO_SETS, LogMelSet, SegmentPolicy, build_logmel_set, prepare_metaaudio
 from aiaudio.audio.synthetic import synthetic_entries
 from aiaudio.config import ConfigError, from_dict, require_directory, to_dict
@@ -80,7 +80,7 @@ class FewshotDataConfig:
     def resolved_cache_dir(self) -> Path:
         if self.cache_dir:
             return Path(self.cache_dir).expanduser()
-        return Path(os.environ.get("AIAUDIO_CACHE", Path.home() / ".cache" / "aiaudio")).expanduser() / "fewshot"
+        return default_cache_root() / "fewshot"
 
 
 @dataclass

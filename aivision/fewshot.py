@@ -96,7 +96,8 @@ def episode_data(entries: list[ImageEntry], names: list[str], val: list[int], te
                  encoder: PretrainedEncoder, resize: int | None) -> EpisodeData:
     """The episodes' view of the images for one encoder (its own input size and normalisation)."""
     index = {name: position for position, name in enumerate(names)}
-    used = [e for e in entries if index[e.labels[0]] in set(val) | set(test)]
+    episode_classes = set(val) | set(test)
+    used = [e for e in entries if index[e.labels[0]] in episode_classes]
     images = load_images(used, encoder, resize)
     pool = SegmentPool(torch.tensor([index[e.labels[0]] for e in used]))
 

@@ -26,7 +26,25 @@ The sets built so far:
   ``SCENE_MIN`` photos; about half of each class train, a quarter validation, a quarter test. ``aivision linear ...
   data.format=official data.official=dtd data.train_split=train data.test_split=test`` reads it.
 
-Still to come (see the issue): the unlabelled pretraining pool and the material and clip-art classification sets.
+* ``materials``: photo-derived game textures (the ``.jpg`` and ``.png`` textures inside the ``.pk3`` archives of
+  ufoai-textures, openarena-081-textures and nexuiz-textures; normal, bump, glow and other maps left out, exact and
+  same-name copies kept once, images under ``TEXTURE_MIN_SIDE`` pixels left out) by the material keyword in the file
+  name (``MATERIALS``: ``wall_brick03.jpg``: brick), classes with at least ``MATERIAL_MIN`` textures, in the DTD
+  layout (half train, a quarter validation, a quarter test, by a hash of the name). Noisy by construction: a name
+  says what the texture shows only roughly.
+
+* ``clipart``: openclipart-png drawings by their category folder (``animals/mammals``: ``animals_mammals``), folders
+  with at least ``CLIPART_MIN`` drawings (at most ``CLIPART_MAX``, chosen by a hash of the name; ``unsorted`` left
+  out), composited on white, the longer side at most ``CLIPART_SIDE`` pixels, in the Caltech-101 layout
+  (``101_ObjectCategories/<class>/image_NNNN.jpg``): the official reader trains on 30 drawings per class and tests on
+  the rest.
+
+* ``pool``: the unlabelled pretraining images in the ImageNet layout (``train/<source>/*.jpg``): square crops of the
+  textures that carry no material keyword (so none is a ``materials`` image) and of the wallpapers of
+  plasma-workspace-wallpapers (each wallpaper's largest rendering) and mate-backgrounds, each crop resized to a side
+  between ``POOL_SIDES``; ``CROPS_PER_TEXTURE`` crops of each texture and ``CROPS_PER_WALLPAPER`` of each wallpaper.
+  No pool image comes from an image another set uses: the landscapes (``scenes``, ``landmarks``), the stamps, the
+  sprites, the clip-art and Fashion-MNIST are not pool sources, and material textures are not either.
 
     benchmarks/vision_minibench/build                   # into data/vision_minibench
 """
@@ -41,7 +59,10 @@ import logging
 import math
 import pickle
 import shutil
+import re
 import sys
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +90,31 @@ FASHION_CLASSES = ("t-shirt/top", "trouser", "pullover", "dress", "coat", "sanda
 MIN_PER_UNIT = 10
 UNIT_SPLITS = (("train", 0.64), ("val", 0.16), ("test", 0.20))
 BACKGROUND = 128
+TEXTURE_PACKAGES = ("ufoai-textures", "openarena-081-textures", "nexuiz-textures")
+WALLPAPER_PACKAGES = ("plasma-workspace-wallpapers", "mate-backgrounds")
+CLIPART_PACKAGE = "openclipart-png"
+#: A texture whose name ends so is a map for the renderer (normals, bumps, glow, gloss...), not a picture.
+TEXTURE_MAPS = re.compile(r"(_nm|_norm|_normal|_bump|_glow|_gloss|_spec|_ow|_shell|_luma|_blend|_height|_h|_mask|_fx"
+                          r"|_add)$")
+TEXTURE_MIN_SIDE = 128
+#: Material class -> the file-name keywords that name it, in order of precedence (the first class that matches wins).
+MATERIALS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("wood", ("wood", "plank", "bark", "crate")), ("metal", ("metal", "mtl", "steel", "iron", "plate")),
+    ("rust", ("rust", "rst")), ("brick", ("brick",)), ("rock", ("rock", "stone", "cliff", "boulder")),
+    ("marble", ("marble",)), ("concrete", ("concrete", "crete", "cement")), ("grass", ("grass",)),
+    ("sand", ("sand", "desert")), ("dirt", ("dirt", "mud", "soil")), ("tile", ("tile",)), ("water", ("water",)),
+    ("lava", ("lava",)), ("snow", ("snow", "ice")), ("plaster", ("plaster",)), ("carpet", ("carpet", "rug")),
+    ("glass", ("glass", "window")), ("fabric", ("fabric", "cloth")),
+    ("leaves", ("leaf", "leaves", "foliage", "bush")), ("gravel", ("gravel",)), ("asphalt", ("asphalt",)))
+MATERIAL_MIN = 25
+CLIPART_MIN = 40
+CLIPART_MAX = 100
+CLIPART_SIDE = 160
+CLIPART_LEFT_OUT = frozenset({"unsorted"})
+POOL_SIDES = (64, 96)
+CROPS_PER_TEXTURE = 9
+CROPS_PER_WALLPAPER = 96
+POOL_MINIMUM = 20000
 
 
 def sha256_of(path: Path) -> str:
@@ -288,16 +334,251 @@ def write_scenes(landscapes: list[Path], out: Path, minimum: int = SCENE_MIN) ->
             "sources": {path.name: sha256_of(path) for paths in kept.values() for path in paths}}
 
 
+@dataclass(frozen=True)
+class Texture:
+    """One texture inside a package's ``.pk3`` archive."""
+
+    package: str
+    archive: Path
+    member: str  # its path inside the archive, e.g. textures/tex_nature/grass001.jpg
+
+    @property
+    def stem(self) -> str:
+        return Path(self.member).stem.lower()
+
+    def read(self) -> bytes:
+        with zipfile.ZipFile(self.archive) as archive:
+            return archive.read(self.member)
+
+
+def texture_files(package: str, unpacked: Path) -> list[Texture]:
+    """The picture textures (``.jpg`` / ``.png`` under ``textures/``, maps left out) of every ``.pk3`` in a package."""
+    archives = sorted(unpacked.rglob("*.pk3"))
+    if not archives:
+        raise BuildError(f"{package} holds no .pk3 archive")
+    textures = []
+    for archive in archives:
+        with zipfile.ZipFile(archive) as opened:
+            for member in opened.namelist():
+                low = member.lower()
+                if low.startswith("textures/") and low.endswith((".jpg", ".png")) \
+                        and not TEXTURE_MAPS.search(Path(low).stem):
+                    textures.append(Texture(package, archive, member))
+    return textures
+
+
+def material_of(stem: str) -> str | None:
+    """The material a texture's file name names (see :data:`MATERIALS`), or None."""
+    return next((name for name, keys in MATERIALS if any(key in stem.lower() for key in keys)), None)
+
+
+def decoded_textures(textures: list[Texture]) -> tuple[list[tuple[Texture, torch.Tensor, str]], dict[str, int]]:
+    """Decode each texture once (RGB uint8): exact byte copies and same-name copies (the same member path in two
+    packages) kept once, images with a side under ``TEXTURE_MIN_SIDE`` or that do not decode left out (counted)."""
+    seen_bytes: set[str] = set()
+    seen_names: set[str] = set()
+    kept, counts = [], {"duplicates": 0, "small": 0, "unreadable": 0}
+    for texture in textures:
+        data = texture.read()
+        digest = hashlib.sha256(data).hexdigest()
+        name = texture.member.lower().rsplit(".", 1)[0]
+        if digest in seen_bytes or name in seen_names:
+            counts["duplicates"] += 1
+            continue
+        seen_bytes.add(digest)
+        seen_names.add(name)
+        try:
+            image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        except (RuntimeError, ValueError) as error:
+            LOG.warning("skipping %s:%s: %s", texture.package, texture.member, error)
+            counts["unreadable"] += 1
+            continue
+        if min(image.shape[-2:]) < TEXTURE_MIN_SIDE:
+            counts["small"] += 1
+            continue
+        kept.append((texture, image, digest))
+    return kept, counts
+
+
+def _hash_order(name: str) -> str:
+    return hashlib.sha1(name.encode()).hexdigest()
+
+
+def write_materials(textures: list[tuple[Texture, torch.Tensor, str]], out: Path, minimum: int = MATERIAL_MIN
+                    ) -> dict[str, Any]:
+    """The material set in the DTD layout (see the module docstring); the textures' own bytes are copied."""
+    classes: dict[str, list[tuple[Texture, str]]] = {}
+    for texture, _, digest in textures:
+        material = material_of(texture.stem)
+        if material is not None:
+            classes.setdefault(material, []).append((texture, digest))
+    kept = {name: members for name, members in sorted(classes.items()) if len(members) >= minimum}
+    splits: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    sources: dict[str, str] = {}
+    for name, members in kept.items():
+        (out / "images" / name).mkdir(parents=True)
+        ordered = sorted(members, key=lambda m: _hash_order(f"{m[0].package}:{m[0].member}"))
+        quarter = max(1, len(ordered) // 4)
+        for position, (texture, digest) in enumerate(ordered):
+            relative = f"{name}/{texture.package}-{Path(texture.member).stem}{Path(texture.member).suffix.lower()}"
+            (out / "images" / relative).write_bytes(texture.read())
+            sources[f"{texture.package}:{texture.member}"] = digest
+            split = "test" if position < quarter else "val" if position < 2 * quarter else "train"
+            splits[split].append(relative)
+    (out / "labels").mkdir(parents=True)
+    for split, rows in splits.items():
+        (out / "labels" / f"{split}1.txt").write_text("\n".join(sorted(rows)) + "\n")
+    return {"classes": len(kept), "images": {split: len(rows) for split, rows in splits.items()},
+            "per_class": {name: len(members) for name, members in kept.items()},
+            "left_out_classes": {name: len(m) for name, m in classes.items() if name not in kept}, "sources": sources}
+
+
+def wallpaper_files(package: str, unpacked: Path) -> list[Path]:
+    """The wallpapers of a package: for Plasma's ``wallpapers/<name>/contents/images/<W>x<H>.*`` the largest
+    rendering of each, for MATE's ``backgrounds/mate/**`` every ``.jpg`` / ``.png``."""
+    found: list[Path] = []
+    for folder in sorted(unpacked.rglob("contents/images")):
+        renderings = [p for p in folder.iterdir() if re.fullmatch(r"\d+x\d+\.(jpg|png)", p.name)]
+        if renderings:
+            found.append(max(renderings, key=lambda p: math.prod(int(v) for v in p.stem.split("x"))))
+    for folder in sorted(unpacked.rglob("backgrounds/mate")):
+        found += sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".png"))
+    if not found:
+        raise BuildError(f"{package} holds no wallpaper (wallpapers/*/contents/images/WxH.* or backgrounds/mate/*)")
+    return found
+
+
+def random_crops(image: torch.Tensor, count: int, rng: np.random.Generator, scale: tuple[float, float]
+                 ) -> list[torch.Tensor]:
+    """``count`` square crops of uint8 ``[3, H, W]``, each of side ``scale`` x the shorter side at a random place,
+    resized (antialiased) to a random side within ``POOL_SIDES``."""
+    height, width = image.shape[-2:]
+    crops = []
+    for _ in range(count):
+        side = max(8, int(rng.uniform(*scale) * min(height, width)))
+        top, left = int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1))
+        size = int(rng.integers(POOL_SIDES[0], POOL_SIDES[1] + 1))
+        crop = torch.nn.functional.interpolate(image[None, :, top : top + side, left : left + side].float(),
+                                               size=(size, size), mode="bilinear", antialias=True)[0]
+        crops.append(crop.round().clamp(0, 255).to(torch.uint8))
+    return crops
+
+
+def write_pool(textures: list[tuple[Texture, torch.Tensor, str]], wallpapers: list[Path], out: Path, seed: int = 0
+               ) -> dict[str, Any]:
+    """The unlabelled pretraining pool in the ImageNet layout (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    counts = {"textures": 0, "wallpapers": 0}
+    sources: dict[str, str] = {}
+    skipped = 0
+
+    def write(group: str, stem: str, crops: list[torch.Tensor]) -> None:
+        folder = out / "train" / group
+        folder.mkdir(parents=True, exist_ok=True)
+        for index, crop in enumerate(crops):
+            write_jpeg(crop, str(folder / f"{stem}_{index}.jpg"), quality=90)
+        counts[group] += len(crops)
+
+    for texture, image, digest in textures:
+        if material_of(texture.stem) is None:
+            write("textures", f"{texture.package}-{_hash_order(texture.member)[:12]}",
+                  random_crops(image, CROPS_PER_TEXTURE, rng, (0.4, 1.0)))
+            sources[f"{texture.package}:{texture.member}"] = digest
+    for path in wallpapers:
+        try:
+            image = decode_image(str(path), mode=ImageReadMode.RGB)
+        except (RuntimeError, ValueError) as error:
+            LOG.warning("skipping %s: %s", path, error)
+            skipped += 1
+            continue
+        write("wallpapers", f"{path.parent.name}-{path.stem}-{_hash_order(str(path))[:8]}",
+              random_crops(image, CROPS_PER_WALLPAPER, rng, (0.1, 0.5)))
+        sources[str(path)] = sha256_of(path)
+    total = sum(counts.values())
+    if total < POOL_MINIMUM:
+        raise BuildError(f"the pretraining pool holds {total} images, fewer than {POOL_MINIMUM}: a package holds fewer "
+                         "textures or wallpapers than expected")
+    return {"images": total, **counts, "skipped_unreadable": skipped, "sides": list(POOL_SIDES), "sources": sources}
+
+
+def clipart_classes(unpacked: Path) -> dict[str, list[Path]]:
+    """Class (the category folder under ``usr/share/openclipart/png``, ``/`` as ``_``) -> its drawings."""
+    root = unpacked / "usr" / "share" / "openclipart" / "png"
+    if not root.is_dir():
+        raise BuildError(f"{CLIPART_PACKAGE} holds no usr/share/openclipart/png folder")
+    classes: dict[str, list[Path]] = {}
+    for path in sorted(root.rglob("*.png")):
+        folder = path.parent.relative_to(root)
+        if folder.parts and not CLIPART_LEFT_OUT & set(folder.parts):
+            classes.setdefault("_".join(folder.parts), []).append(path)
+    return classes
+
+
+def write_clipart(classes: dict[str, list[Path]], out: Path, minimum: int = CLIPART_MIN, maximum: int = CLIPART_MAX
+                  ) -> dict[str, Any]:
+    """The clip-art set in the Caltech-101 layout (see the module docstring)."""
+    per_class: dict[str, int] = {}
+    sources: dict[str, str] = {}
+    skipped = 0
+    for name, paths in sorted(classes.items()):
+        if len(paths) < minimum:
+            continue
+        folder = out / "101_ObjectCategories" / name
+        folder.mkdir(parents=True)
+        written = 0
+        for path in sorted(paths, key=lambda p: _hash_order(p.name)):
+            if written == maximum:
+                break
+            try:
+                rgba = decode_image(str(path), mode=ImageReadMode.RGB_ALPHA)
+            except (RuntimeError, ValueError) as error:
+                LOG.warning("skipping %s: %s", path, error)
+                skipped += 1
+                continue
+            alpha = rgba[3:].float() / 255
+            image = rgba[:3].float() * alpha + 255 * (1 - alpha)
+            scale = CLIPART_SIDE / max(image.shape[-2:])
+            if scale < 1:
+                size = (max(1, round(image.shape[-2] * scale)), max(1, round(image.shape[-1] * scale)))
+                image = torch.nn.functional.interpolate(image[None], size=size, mode="bilinear", antialias=True)[0]
+            write_jpeg(image.round().clamp(0, 255).to(torch.uint8), str(folder / f"image_{written + 1:04d}.jpg"),
+                       quality=92)
+            sources[f"{name}/{path.name}"] = sha256_of(path)
+            written += 1
+        if written < minimum:  # unreadable drawings took it under the minimum
+            shutil.rmtree(folder)
+            continue
+        per_class[name] = written
+    return {"classes": len(per_class), "images": sum(per_class.values()), "per_class": per_class,
+            "skipped_unreadable": skipped, "sources": sources}
+
+
 def build(out: Path) -> dict[str, Any]:
     """Fetch, unpack and convert into ``out``; returns the manifest (also written as ``manifest.json``)."""
     out = Path(out)
-    debs = download_packages([FASHION_PACKAGE, UNITS_PACKAGE, STAMPS_PACKAGE, LANDSCAPES_PACKAGE], out / "debs")
+    debs = download_packages([FASHION_PACKAGE, UNITS_PACKAGE, STAMPS_PACKAGE, LANDSCAPES_PACKAGE, *TEXTURE_PACKAGES,
+                              *WALLPAPER_PACKAGES, CLIPART_PACKAGE], out / "debs")
     unpacked = {package: unpack(deb, out / "packages" / package) for package, deb in debs.items()}
     facts = {package: package_facts(package, debs[package], unpacked[package], out / "licences") for package in debs}
     facts[FASHION_PACKAGE]["used_for"] = "fashion_cifar (many-shot classification, CIFAR-10 layout)"
     facts[UNITS_PACKAGE]["used_for"] = "units (few-shot classification, class-disjoint splits)"
     facts[STAMPS_PACKAGE]["used_for"] = "landmarks (the pasted cut-outs)"
     facts[LANDSCAPES_PACKAGE]["used_for"] = "landmarks (the backgrounds); scenes (classification)"
+    for package in TEXTURE_PACKAGES:
+        facts[package]["used_for"] = "materials (textures with a material keyword); pool (the others)"
+    for package in WALLPAPER_PACKAGES:
+        facts[package]["used_for"] = "pool (crops)"
+    facts[CLIPART_PACKAGE]["used_for"] = "clipart (classification, Caltech-101 layout)"
+    texture_versions = [facts[package]["version"] for package in TEXTURE_PACKAGES]
+    textures: list[tuple[Texture, torch.Tensor, str]] | None = None
+
+    def decoded() -> list[tuple[Texture, torch.Tensor, str]]:
+        nonlocal textures
+        if textures is None:
+            textures, skipped = decoded_textures([t for package in TEXTURE_PACKAGES
+                                                  for t in texture_files(package, unpacked[package])])
+            LOG.info("textures: %d kept, left out: %s", len(textures), skipped)
+        return textures
     sets = {
         "fashion_cifar": build_set(out / "fashion_cifar", {"version": facts[FASHION_PACKAGE]["version"], "format": 1},
                                    lambda where: write_fashion_cifar(fashion_files(unpacked[FASHION_PACKAGE]), where)),
@@ -312,6 +593,20 @@ def build(out: Path) -> dict[str, Any]:
                                                    "format": 1, "images": LANDMARK_IMAGES},
                                lambda where: write_landmarks(stamp_files(unpacked[STAMPS_PACKAGE]),
                                                              landscape_files(unpacked[LANDSCAPES_PACKAGE]), where)),
+        "materials": build_set(out / "materials", {"versions": texture_versions, "format": 1, "minimum": MATERIAL_MIN,
+                                                   "materials": MATERIALS},
+                               lambda where: write_materials(decoded(), where)),
+        "clipart": build_set(out / "clipart", {"version": facts[CLIPART_PACKAGE]["version"], "format": 1,
+                                               "minimum": CLIPART_MIN, "maximum": CLIPART_MAX, "side": CLIPART_SIDE},
+                             lambda where: write_clipart(clipart_classes(unpacked[CLIPART_PACKAGE]), where)),
+        "pool": build_set(out / "pool", {"versions": [*texture_versions,
+                                                      *(facts[p]["version"] for p in WALLPAPER_PACKAGES)],
+                                         "format": 1, "sides": POOL_SIDES, "crops": [CROPS_PER_TEXTURE,
+                                                                                    CROPS_PER_WALLPAPER],
+                                         "materials": MATERIALS},
+                          lambda where: write_pool(decoded(), [w for package in WALLPAPER_PACKAGES
+                                                               for w in wallpaper_files(package, unpacked[package])],
+                                                   where)),
     }
     manifest = {"packages": facts, "sets": sets}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

@@ -155,3 +155,103 @@ def test_the_scene_set_groups_photos_by_scene_in_the_dtd_layout(tmp_path: Path):
     assert train.class_names == ["canyon", "city"] and (len(train), len(val), len(test)) == (8, 4, 4)
     keys = [{e.key for e in part.entries} for part in (train, val, test)]
     assert not (keys[0] & keys[1]) and not (keys[0] & keys[2]) and not (keys[1] & keys[2])
+
+
+def write_pk3(path: Path, members: dict[str, torch.Tensor]) -> Path:
+    """A ``.pk3`` (a zip archive) holding each image as PNG bytes under its member name."""
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, image in members.items():
+            buffer = io.BytesIO()
+            Image.fromarray(image.permute(1, 2, 0).numpy()).save(buffer, format="PNG")
+            archive.writestr(name, buffer.getvalue())
+    return path
+
+
+def flat(colour: tuple[int, int, int], size: int = 160) -> torch.Tensor:
+    image = torch.tensor(colour, dtype=torch.uint8)[:, None, None].expand(3, size, size).clone()
+    image[:, : size // 4] = 255 - image[:, : size // 4]  # not flat: so exact copies are the only duplicates
+    return image
+
+
+def test_textures_split_into_a_material_set_and_a_pool_that_shares_no_image(tmp_path: Path):
+    from benchmarks.vision_minibench.build import (
+        decoded_textures,
+        material_of,
+        texture_files,
+        wallpaper_files,
+        write_materials,
+        write_pool,
+    )
+    import benchmarks.vision_minibench.build as build
+
+    assert material_of("e6_wall_brick03") == "brick" and material_of("wood_plank") == "wood"
+    assert material_of("pipez1a") is None
+    members = {f"textures/a/brick{i}.png": flat((10 * i, 50, 60)) for i in range(6)}
+    members |= {f"textures/a/metal{i}.png": flat((90, 10 * i, 60)) for i in range(6)}
+    members |= {f"textures/a/pipe{i}.png": flat((90, 60, 10 * i)) for i in range(3)}
+    members["textures/a/pipe0_nm.png"] = flat((1, 2, 3))  # a normal map: never a picture
+    members["textures/a/tiny.png"] = flat((5, 5, 5), size=32)  # under the minimum side
+    members["models/not_a_texture.png"] = flat((7, 7, 7))
+    first = write_pk3(tmp_path / "pkg1" / "base" / "textures.pk3", members)
+    copy = write_pk3(tmp_path / "pkg2" / "base" / "more.pk3", {"textures/b/pipe_copy.png": members["textures/a/pipe1.png"],
+                                                              "textures/a/pipe2.png": flat((3, 3, 3))})
+    textures = texture_files("pkg1", first.parents[1]) + texture_files("pkg2", copy.parents[1])
+    assert not any("_nm" in t.member or "models/" in t.member for t in textures)
+    kept, counts = decoded_textures(textures)
+    assert counts == {"duplicates": 2, "small": 1, "unreadable": 0}  # the byte copy and the same-name copy
+    materials = write_materials(kept, tmp_path / "materials", minimum=5)
+    assert materials["classes"] == 2 and sum(materials["images"].values()) == 12
+    train = read_official("dtd", tmp_path / "materials", "train")
+    test = read_official("dtd", tmp_path / "materials", "test")
+    assert set(train.class_names) == {"brick", "metal"} and len(test) == 2  # a quarter of each class tests
+
+    wallpaper = tmp_path / "walls" / "usr" / "share" / "wallpapers" / "Hill" / "contents" / "images"
+    wallpaper.mkdir(parents=True)
+    for size in ("640x360", "1280x720"):
+        write_png(flat((200, 100, 0), size=300), str(wallpaper / f"{size}.png"))
+    walls = wallpaper_files("walls", tmp_path / "walls")
+    assert [p.name for p in walls] == ["1280x720.png"]  # each wallpaper's largest rendering only
+    build_minimum, build.POOL_MINIMUM = build.POOL_MINIMUM, 1
+    try:
+        pool = write_pool(kept, walls, tmp_path / "pool")
+    finally:
+        build.POOL_MINIMUM = build_minimum
+    assert pool["textures"] == 3 * build.CROPS_PER_TEXTURE and pool["wallpapers"] == build.CROPS_PER_WALLPAPER
+    assert not set(pool["sources"]) & set(materials["sources"])  # no material texture is a pool source
+    crops = sorted((tmp_path / "pool" / "train").rglob("*.jpg"))
+    assert len(crops) == pool["images"]
+    sides = {read_image(str(path)).shape[-1] for path in crops}
+    assert min(sides) >= build.POOL_SIDES[0] and max(sides) <= build.POOL_SIDES[1]
+    from aivision.data import image_folder_entries
+
+    assert {e.labels[0] for e in image_folder_entries(tmp_path / "pool" / "train")} == {"textures", "wallpapers"}
+
+
+def test_clipart_becomes_the_caltech101_layout_the_official_reader_reads(tmp_path: Path):
+    from PIL import Image
+
+    from benchmarks.vision_minibench.build import clipart_classes, write_clipart
+
+    root = tmp_path / "usr" / "share" / "openclipart" / "png"
+    for folder, count in (("animals/birds", 7), ("food", 6), ("unsorted", 9), ("tools", 2)):
+        (root / folder).mkdir(parents=True)
+        for index in range(count):
+            rgba = torch.zeros(4, 300, 200, dtype=torch.uint8)
+            rgba[0, 100:200, 50:150], rgba[3, 100:200, 50:150] = 200, 255
+            Image.fromarray(rgba.permute(1, 2, 0).numpy(), "RGBA").save(root / folder / f"{index}.png")
+    classes = clipart_classes(tmp_path)
+    assert set(classes) == {"animals_birds", "food", "tools"}  # "unsorted" names no category
+    counts = write_clipart(classes, tmp_path / "out", minimum=5, maximum=6)
+    assert counts["per_class"] == {"animals_birds": 6, "food": 6}
+    train = read_official("caltech101", tmp_path / "out", "train", train_per_class=4)
+    test = read_official("caltech101", tmp_path / "out", "test", train_per_class=4)
+    assert train.class_names == ["animals_birds", "food"] and len(train) == 8 and len(test) == 4
+    image = read_image(str(tmp_path / "out" / "101_ObjectCategories" / "food" / "image_0001.jpg"))
+    assert max(image.shape[-2:]) == 160  # the longer side brought down to CLIPART_SIDE
+    assert image[:, 5, 5].min() > 240 and image[0, 80, 53] > 150 and image[1, 80, 53] < 60  # white around red

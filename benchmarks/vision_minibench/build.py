@@ -58,8 +58,8 @@ import json
 import logging
 import math
 import pickle
-import shutil
 import re
+import shutil
 import sys
 import zipfile
 from dataclasses import dataclass
@@ -71,7 +71,7 @@ import torch
 from torchvision.io import ImageReadMode, decode_image, write_jpeg, write_png
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from benchmarks.minibench.build import BuildError, build_set, download_packages, package_facts, unpack  # noqa: E402
+from benchmarks.minibench.build import BuildError, build_set, download_packages, package_facts, unpack
 
 LOG = logging.getLogger("vision_minibench.build")
 
@@ -168,7 +168,7 @@ def write_fashion_cifar(files: dict[str, Path], out: Path) -> dict[str, Any]:
                                   "labels": [int(v) for v in test_labels]})
     _dump(folder / "batches.meta", {"label_names": list(FASHION_CLASSES), "num_vis": 3072,
                                     "num_cases_per_batch": len(train) // 5})
-    return {"train_images": int(len(train)), "test_images": int(len(test)), "classes": len(FASHION_CLASSES),
+    return {"train_images": len(train), "test_images": len(test), "classes": len(FASHION_CLASSES),
             "sources": {path.name: sha256_of(path) for path in files.values()}}
 
 

@@ -180,6 +180,7 @@ def flat(colour: tuple[int, int, int], size: int = 160) -> torch.Tensor:
 
 
 def test_textures_split_into_a_material_set_and_a_pool_that_shares_no_image(tmp_path: Path):
+    from benchmarks.vision_minibench import build
     from benchmarks.vision_minibench.build import (
         decoded_textures,
         material_of,
@@ -188,7 +189,6 @@ def test_textures_split_into_a_material_set_and_a_pool_that_shares_no_image(tmp_
         write_materials,
         write_pool,
     )
-    import benchmarks.vision_minibench.build as build
 
     assert material_of("e6_wall_brick03") == "brick" and material_of("wood_plank") == "wood"
     assert material_of("pipez1a") is None

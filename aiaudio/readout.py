@@ -44,6 +44,7 @@ from aiaudio.eval.labelled import (
     lowshot_readouts,
     run_readouts,
     test_mask,
+    train_test_rows,
     write_readout_report,
 )
 from aiaudio.eval.learner import feature_table
@@ -145,8 +146,7 @@ def run_readout(config: ReadoutConfig) -> dict[str, Any]:
         torch.from_numpy(store.segment_clip), torch.from_numpy(labelled.targets[kept]), data.task,
         len(labelled.class_names) if data.task == "classification" else None,
     )
-    train_clips = torch.nonzero(~store_is_test).flatten()
-    test_clips = torch.nonzero(store_is_test).flatten()
+    train_clips, test_clips = train_test_rows(store_is_test, data)
 
     def inputs(rows: torch.Tensor) -> torch.Tensor:
         return store.gather(rows.cpu().numpy(), device)

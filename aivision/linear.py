@@ -29,6 +29,7 @@ from aiaudio.eval.labelled import (
     lowshot_readouts,
     run_readouts,
     test_mask,
+    train_test_rows,
     write_readout_report,
 )
 from aiaudio.eval.learner import feature_table
@@ -144,7 +145,10 @@ def run_linear(config: LinearConfig) -> dict[str, Any]:
         entries = read_entries(data)
         labelled = labelled_targets([e.key for e in entries], [e.labels for e in entries], data)
         images, count = load_images(entries, encoder, data.resize), len(entries)
-    is_test = torch.from_numpy(test_mask(labelled, data))
+    train, test = train_test_rows(test_mask(labelled, data), data)
+    used = torch.cat([train, test])  # only the used images are kept (max_train / max_test)
+    images, targets = images[used], torch.from_numpy(labelled.targets)[used]
+    train, test = torch.arange(len(train)), torch.arange(len(train), len(used))
 
     def inputs(rows: torch.Tensor) -> torch.Tensor:
         return encoder.inputs(images[rows.cpu()])
@@ -153,10 +157,9 @@ def run_linear(config: LinearConfig) -> dict[str, Any]:
         return feature_table(encoder, inputs, len(images), descriptor, config.learner.eval_batch_size)
 
     readout_data = ReadoutData(
-        torch.arange(len(images)), torch.from_numpy(labelled.targets), data.task,
+        torch.arange(len(images)), targets, data.task,
         len(labelled.class_names) if data.task == "classification" else None,
     )
-    train, test = torch.nonzero(~is_test).flatten(), torch.nonzero(is_test).flatten()
     plans = readout_plans(encoder, config.fixed, config.learn_invariance, config.learner.init, inputs, features_at)
     results = run_readouts(
         encoder, plans, readout_data, train, test, config.learner, config.sweep, data.val_fraction, data.seed, device
@@ -184,7 +187,7 @@ def run_linear(config: LinearConfig) -> dict[str, Any]:
             "test_images": len(test), "classes": labelled.class_names,
             "target_columns": list(data.target_columns) if data.task == "regression" else [],
             "summary": f"{data.format} `{data.official or data.source}`: {count} images ({len(train)} train incl. validation, "
-                       f"{len(test)} test) at {images.shape[-1]} px",
+                       f"{len(test)} test{' used' if len(used) < count else ''}) at {images.shape[-1]} px",
         },
         "readouts": results,
         "lowshot": lowshot,

@@ -31,6 +31,7 @@ from aiaudio.seeding import mix_seed
 log = logging.getLogger(__name__)
 
 _TEST_SPLIT_STREAM = 0x7E57  # the test split's seed is derived from data.seed apart from the validation split's
+_SUBSET_STREAM = 0x5B5E7  # and the max_train / max_test subsets' apart from both
 METRICS: dict[str, str] = {"classification": "accuracy", "regression": "r2"}
 
 
@@ -51,7 +52,9 @@ class LabelledDataConfig:
         test_value: the ``split_column`` value of test items.
         test_fraction: share of items held out for testing when there is no ``split_column``.
         val_fraction: share of the training items held out for validation (stratified by class).
-        seed: seed of the test and validation splits.
+        seed: seed of the test and validation splits (and of the subsets ``max_train`` / ``max_test`` keep).
+        max_train, max_test: use at most this many training (incl. validation) / test items, a seeded random subset
+            (None: all); for quick runs on large sets, e.g. a CPU benchmark on CIFAR-sized data.
     """
 
     #: The formats this modality reads (a modality with more widens it).
@@ -69,8 +72,13 @@ class LabelledDataConfig:
     test_fraction: float = 0.2
     val_fraction: float = 0.2
     seed: int = 0
+    max_train: int | None = None
+    max_test: int | None = None
 
     def __post_init__(self) -> None:
+        if any(limit is not None and limit < 1 for limit in (self.max_train, self.max_test)):
+            raise ValueError(f"data.max_train and data.max_test must be >= 1 or null, got {self.max_train} and "
+                             f"{self.max_test}")
         if self.format not in self.FORMATS:
             raise ValueError(f"data.format must be one of {list(self.FORMATS)}, got {self.format!r}")
         if self.task not in METRICS:
@@ -196,6 +204,20 @@ def test_mask(labelled: LabelledTargets, data: LabelledDataConfig) -> np.ndarray
     if mask.all() or not mask.any():
         raise DataError(f"{data.source}: the split leaves {'no training' if mask.all() else 'no test'} items")
     return mask
+
+
+def train_test_rows(is_test: np.ndarray | torch.Tensor, data: LabelledDataConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The indices of the training and of the test items, at most ``data.max_train`` / ``data.max_test`` of each (a
+    seeded random subset, in ascending order)."""
+    is_test = torch.as_tensor(is_test, dtype=torch.bool)
+    rows = []
+    for stream, (mask, limit) in enumerate(((~is_test, data.max_train), (is_test, data.max_test))):
+        chosen = torch.nonzero(mask).flatten()
+        if limit is not None and len(chosen) > limit:
+            generator = torch.Generator().manual_seed(mix_seed(data.seed, _SUBSET_STREAM + stream))
+            chosen = chosen[torch.randperm(len(chosen), generator=generator)[:limit]].sort().values
+        rows.append(chosen)
+    return rows[0], rows[1]
 
 
 def run_readouts(

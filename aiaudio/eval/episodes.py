@@ -122,13 +122,13 @@ class EpisodeSampler:
         keep = [i for i, m in enumerate(members) if len(m) >= shots + queries]
         if len(keep) < len(members):
             log.warning(
-                "%d of %d classes have fewer than %d clips and are left out of the episodes",
+                "%d of %d classes have fewer than %d items (clips, images) and are left out of the episodes",
                 len(members) - len(keep), len(members), shots + queries,
             )
         if len(keep) < ways:
             raise ValueError(
                 f"{ways}-way {shots}-shot episodes with {queries} queries need {ways} classes with at least "
-                f"{shots + queries} clips each; only {len(keep)} of {len(members)} classes have that many"
+                f"{shots + queries} items (clips, images) each; lower episodes.queries or episodes.shots; only {len(keep)} of {len(members)} classes have that many"
             )
         self.classes = classes[keep]
         kept = [members[i] for i in keep]

@@ -130,9 +130,15 @@ class FewshotEvaluator:
         return table
 
     def evaluate(self, encoder: EpisodeEncoder, start: torch.Tensor) -> dict[str, Any]:
-        """Sweep on validation episodes, then score the best setting on test episodes."""
+        """Sweep on validation episodes, then score the best setting on test episodes (a one-setting sweep has
+        nothing to choose: no validation episodes are run and its validation accuracy is None)."""
+        settings = self.sweep.settings(encoder.learns_invariance)
+        if len(settings) == 1:
+            chosen = with_overrides(self.learner, **settings[0])
+            results = run_episodes(encoder, self.pool, self.test_episodes, chosen, start, self.device)
+            return episode_summary(results, None, chosen, encoder.learns_invariance)
         best: tuple[float, LearnerConfig] | None = None
-        for setting in self.sweep.settings(encoder.learns_invariance):
+        for setting in settings:
             candidate = with_overrides(self.learner, **setting)
             episodes = run_episodes(encoder, self.pool, self.val_episodes, candidate, start, self.device)
             score = float(episodes.accuracy.mean())
@@ -144,7 +150,7 @@ class FewshotEvaluator:
         return episode_summary(results, best[0], best[1], encoder.learns_invariance)
 
 
-def episode_summary(results: EpisodeResults, val_accuracy: float, config: LearnerConfig, learned: bool) -> dict[str, Any]:
+def episode_summary(results: EpisodeResults, val_accuracy: float | None, config: LearnerConfig, learned: bool) -> dict[str, Any]:
     """Accuracy ± 95% CI over test episodes, the chosen setting, and (learned i) the mean and spread of i."""
     accuracy = mean_ci(results.accuracy)
     summary: dict[str, Any] = {

@@ -79,7 +79,7 @@ def test_moco_v2_queues_hold_only_keys_made_with_their_descriptor(tmp_path: Path
     torch.testing.assert_close(method.queue_ptr, (steps_per_row * trainer.batch_size) % 64)
 
 
-def test_fewshot_episodes_learn_an_invariance_on_the_toy(tmp_path: Path) -> None:
+def test_fewshot_episodes_learn_an_invariance_on_the_toy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pretrain(tmp_path / "run", "simclr", steps=30, ckpt_every=30)
     encoder = load_encoder(tmp_path / "run")
     data = ToyVectors(size=120, classes=12, seed=3)
@@ -93,8 +93,20 @@ def test_fewshot_episodes_learn_an_invariance_on_the_toy(tmp_path: Path) -> None
         EpisodeConfig(ways=3, shots=2, queries=2, test_episodes=24, val_episodes=8), LearnerConfig(steps=20),
         FewshotSweepConfig(lrs=[0.05], invariance_lrs=[0.1]), episode_data, torch.device("cpu"),
     )
+    import aiaudio.eval.fewshot as fewshot_module
+
+    episode_sets = []
+    real_run_episodes = fewshot_module.run_episodes
+
+    def counted(encoder, pool, episodes, *args, **kwargs):
+        episode_sets.append(len(episodes))
+        return real_run_episodes(encoder, pool, episodes, *args, **kwargs)
+
+    monkeypatch.setattr(fewshot_module, "run_episodes", counted)
     rows_out = evaluate_encoder(evaluator, encoder, ["all", "none"], "amortised")
     assert [row["readout"] for row in rows_out] == ["learned i", "i = all", "i = none"]
+    assert episode_sets == [24, 24, 24]  # a one-setting sweep has nothing to choose: no validation episodes
+    assert all(row["val_accuracy"] is None for row in rows_out)
     learned = rows_out[0]
     assert learned["episodes"] == 24 and len(learned["learned_i"]) == 2
     assert all(0.0 <= value <= 1.0 for value in learned["learned_i"])

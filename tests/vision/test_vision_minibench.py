@@ -255,3 +255,65 @@ def test_clipart_becomes_the_caltech101_layout_the_official_reader_reads(tmp_pat
     image = read_image(str(tmp_path / "out" / "101_ObjectCategories" / "food" / "image_0001.jpg"))
     assert max(image.shape[-2:]) == 160  # the longer side brought down to CLIPART_SIDE
     assert image[:, 5, 5].min() > 240 and image[0, 80, 53] > 150 and image[1, 80, 53] < 60  # white around red
+
+
+def _linear_report(metric: str, learned: float, fixed: tuple[float, float, float], plain: float | None,
+                   lowshot: dict[str, float] | None = None) -> dict:
+    """A report shaped as ``aivision linear`` writes it (amortised, or plain when ``plain`` is given)."""
+    if plain is not None:
+        readouts = {"plain": {"test_score": plain}}
+        low = {"plain": {f: {"test_score": v, "ci95": 0.01} for f, v in (lowshot or {}).items()}}
+    else:
+        texts = ("all", "spatial=1,appearance=0", "spatial=0,appearance=1")
+        readouts = {"learned": {"test_score": learned, "descriptor": {"spatial": 0.25, "appearance": 0.75}},
+                    **{f"fixed:{t}": {"test_score": v} for t, v in zip(texts, fixed)}}
+        low = {name: {f: {"test_score": v - 0.01 * i, "ci95": 0.02} for f, v in (lowshot or {}).items()}
+               for i, name in enumerate(["learned", *(f"fixed:{t}" for t in texts)])}
+    return {"metric": metric, "readouts": readouts, "lowshot": low if lowshot else {}}
+
+
+def test_the_results_table_puts_each_task_of_a_pair_in_the_paper_table_1_layout():
+    from benchmarks.vision_minibench.run import results_table, table_rows
+
+    linear = {
+        "scenes": {"ai_simclr": _linear_report("accuracy", 0.61, (0.5, 0.55, 0.6), None),
+                   "simclr": _linear_report("accuracy", 0, (0, 0, 0), 0.58)},
+        "landmarks": {"ai_simclr": _linear_report("r2", 0.4, (0.2, 0.1, 0.45), None, {"0.05": 0.3}),
+                      "simclr": _linear_report("r2", 0, (0, 0, 0), 0.35, {"0.05": 0.25})},
+    }
+    fewshot_rows = [{"model": "amortised", "readout": "learned i", "accuracy": 0.7, "ci95": 0.02, "learned_i": [0.1, 0.9]},
+                    {"model": "amortised", "readout": "i = all", "accuracy": 0.6, "ci95": 0.02},
+                    {"model": "amortised", "readout": "i = spatial", "accuracy": 0.65, "ci95": 0.02},
+                    {"model": "amortised", "readout": "i = appearance", "accuracy": 0.66, "ci95": 0.02},
+                    {"model": "baseline", "readout": "linear", "accuracy": 0.64, "ci95": 0.03}]
+    fewshot = {"ai_simclr-1shot": {"config": {"episodes": {"shots": 1}}, "rows": fewshot_rows},
+               "ai_mocov2-1shot": {"config": {"episodes": {"shots": 1}}, "rows": []}}  # the other pair's: not read
+    rows = table_rows("ai_simclr", "simclr", linear, fewshot)
+    assert [row["set"] for row in rows] == ["scenes", "landmarks", "landmarks@0.05", "ai_simclr-1shot"]
+    assert rows[0]["plain"] == 0.58 and rows[0]["learned"] == 0.61 and rows[0]["i = S"] == 0.55
+    assert rows[0]["learned_i"] == [0.25, 0.75] and rows[2]["learned_i"] is None
+    assert rows[2]["plain"] == 0.25 and rows[2]["learned"] == 0.3 and rows[2]["i = all"] == 0.29
+    assert rows[3]["plain"] == 0.64 and rows[3]["i = A"] == 0.66 and rows[3]["learned_i"] == [0.1, 0.9]
+    table = results_table("SimCLR", rows).splitlines()
+    assert table[0].startswith("| task | SimCLR | AI-SimCLR, learned i | AI-SimCLR, i = all")
+    assert table[2] == "| landscape scenes (DTD layout) (accuracy %) | 58.0 | 61.0 | 50.0 | 55.0 | 60.0 | 25, 75 |"
+    assert table[3] == "| stamp landmarks (CelebA layout) (R²) | 0.350 | 0.400 | 0.200 | 0.100 | 0.450 | 25, 75 |"
+    assert "| 64.0 ± 3.0 | 70.0 ± 2.0 |" in table[5]
+
+
+def test_the_run_config_refuses_unknown_sets_and_pairs_and_a_run_without_built_data(tmp_path: Path):
+    import pytest
+
+    from aiaudio.config import ConfigError, from_dict
+    from benchmarks.vision_minibench.run import VisionMinibenchConfig, run
+
+    with pytest.raises(ConfigError, match="unknown set"):
+        from_dict(VisionMinibenchConfig, {"linear": {"sets": ["imagenet"]}})
+    with pytest.raises(ConfigError, match="pairs"):
+        from_dict(VisionMinibenchConfig, {"pairs": ["ai_byol"]})
+    config = from_dict(VisionMinibenchConfig, {"data_dir": str(tmp_path / "nothing"), "out_dir": str(tmp_path / "out"),
+                                               "pairs": ["ai_simclr"]})
+    assert config.models() == ["ai_simclr", "simclr"]
+    with pytest.raises(ConfigError, match="run benchmarks/vision_minibench/build"):
+        run(config)
+    assert not (tmp_path / "out").exists()  # refused before any work

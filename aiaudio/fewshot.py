@@ -160,7 +160,7 @@ def run_fewshot(config: FewshotConfig) -> dict[str, Any]:
     if config.checkpoint:
         model = load_encoder(config.checkpoint, device)
         names = model.space.names
-        rows += evaluate_encoder(evaluator, model, config.fixed, "amortised", config.sklearn)
+        rows += evaluate_encoder(evaluator, model, config.fixed, "amortised", config.sklearn, config.selected)
     if config.baseline:
         rows += evaluate_encoder(evaluator, load_encoder(config.baseline, device), [], "baseline", config.sklearn)
     report = {"config": to_dict(config), "factors": list(names), "log_mels": str(data.logmels.directory), "rows": rows}

@@ -120,7 +120,7 @@ def run_fewshot(config: VisionFewshotConfig) -> dict[str, Any]:
         factors = factors or list(encoder.space.names)
         data = episode_data(entries, names, val, test, encoder, config.data.resize)
         evaluator = FewshotEvaluator(config.episodes, config.learner, config.sweep, data, device)
-        rows += evaluate_encoder(evaluator, encoder, fixed, label, config.sklearn)
+        rows += evaluate_encoder(evaluator, encoder, fixed, label, config.sklearn, config.selected)
     report = {"config": to_dict(config), "factors": factors, "classes": {"val": len(val), "test": len(test)}, "rows": rows}
     write_report(Path(config.out_dir), report, Path(config.data.root).name)
     return report

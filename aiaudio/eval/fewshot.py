@@ -24,6 +24,7 @@ from aiaudio.eval.episodes import EpisodeSampler, SegmentPool
 from aiaudio.eval.learner import (
     EpisodeEncoder,
     EpisodeResults,
+    FrozenFeatures,
     InputFn,
     LearnerConfig,
     feature_table,
@@ -61,7 +62,14 @@ class EpisodeConfig:
 class FewshotRunConfig:
     """What every few-shot run sets besides its data and episodes (a modality adds ``data`` and ``episodes``):
     the amortised ``checkpoint`` and/or a plain ``baseline`` (run or checkpoint directories), the learner, its sweep,
-    the fixed descriptors read out besides the learned one, optional scikit-learn readouts, and the device."""
+    the fixed descriptors read out besides the learned one, optional scikit-learn readouts, and the device.
+
+    ``selected`` adds readouts whose invariance is chosen once for the whole set on the validation episodes and then
+    fixed for every test episode (:data:`SELECTIONS`): ``"learned"``, the mean of the invariances learned on the
+    validation episodes (with the learned readout's chosen setting); ``"binary"``, the binary descriptor of the
+    space (every one with at least ``min_active`` bits on) that scores best on the validation episodes. A 1-shot
+    support set gives a per-episode learner little to go on; these pool the validation episodes' evidence instead.
+    """
 
     checkpoint: str | None = None
     baseline: str | None = None
@@ -71,6 +79,16 @@ class FewshotRunConfig:
     fixed: list[str] = field(default_factory=lambda: ["all"])
     sklearn: bool = False
     device: str = "auto"
+    selected: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        unknown = [name for name in self.selected if name not in SELECTIONS]
+        if unknown:
+            raise ValueError(f"selected: unknown choice(s) {unknown}; known: {list(SELECTIONS)}")
+
+
+#: How a set-wide invariance can be chosen on validation episodes (see :class:`FewshotRunConfig`).
+SELECTIONS: tuple[str, ...] = ("learned", "binary")
 
 
 @dataclass
@@ -112,6 +130,26 @@ class FewshotEvaluator:
         self.test_episodes = EpisodeSampler(
             self.pool, data.test_classes, e.ways, e.shots, e.queries, seed=e.seed, clips=data.test_clips
         ).sample(e.test_episodes)
+
+    def validation_invariance(self, encoder: EpisodeEncoder, start: torch.Tensor, config: LearnerConfig) -> torch.Tensor:
+        """The mean of the descriptors ``encoder`` learns on the validation episodes with ``config``."""
+        results = run_episodes(encoder, self.pool, self.val_episodes, config, start, self.device)
+        return results.descriptors.mean(0).cpu()
+
+    def best_binary(self, model: PretrainedEncoder) -> tuple[torch.Tensor, dict[str, float]]:
+        """The binary descriptor of ``model``'s space whose features score best on the validation episodes (the
+        head's first sweep setting), and every candidate's validation accuracy by name."""
+        config = with_overrides(self.learner, **self.sweep.settings(False)[0])
+        scores: dict[str, float] = {}
+        best: tuple[float, torch.Tensor] | None = None
+        for descriptor in model.space.table:
+            table = FrozenFeatures(self.features(model, descriptor))
+            score = float(run_episodes(table, self.pool, self.val_episodes, config, descriptor, self.device).accuracy.mean())
+            scores[descriptor_label(model.space, descriptor)] = score
+            if best is None or score > best[0]:
+                best = (score, descriptor)
+        assert best is not None, "an invariance space always has at least one descriptor"
+        return best[1].clone(), scores
 
     def features(self, model: PretrainedEncoder, descriptor: torch.Tensor | None) -> torch.Tensor:
         """Features of every evaluation segment at one descriptor (None: a plain encoder), cached on disk per
@@ -165,10 +203,12 @@ def episode_summary(results: EpisodeResults, val_accuracy: float | None, config:
 
 
 def evaluate_encoder(
-    evaluator: FewshotEvaluator, model: PretrainedEncoder, fixed: list[str], label: str, sklearn: bool = False
+    evaluator: FewshotEvaluator, model: PretrainedEncoder, fixed: list[str], label: str, sklearn: bool = False,
+    selected: list[str] | tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
-    """Rows for every readout of ``model`` (``label`` names it: "amortised", "baseline"): learned i and each fixed
-    descriptor for an amortised encoder, plain features for any other; optionally scikit-learn readouts too."""
+    """Rows for every readout of ``model`` (``label`` names it: "amortised", "baseline"): learned i, each fixed
+    descriptor and each ``selected`` set-wide invariance (see :class:`FewshotRunConfig`) for an amortised encoder,
+    plain features for any other; optionally scikit-learn readouts too."""
     rows: list[dict[str, Any]] = []
     plans = readout_plans(
         model, fixed, True, evaluator.learner.init, evaluator.data.inputs, lambda d: evaluator.features(model, d)
@@ -185,10 +225,32 @@ def evaluate_encoder(
         if label != "baseline":
             row["descriptor"] = None if plan.descriptor is None else plan.descriptor.tolist()
         rows.append({**row, **evaluator.evaluate(plan.encoder, start)})
+    if model.amortised:
+        learned_row = next((row for row in rows if row["readout"] == "learned i"), None)
+        learned_plan = next((plan for plan in plans if plan.kind == "learned"), None)
+        for choice in selected:
+            if choice == "learned" and learned_row is not None and learned_plan is not None:
+                setting = with_overrides(evaluator.learner, lr=learned_row["lr"], weight_decay=learned_row["weight_decay"],
+                                         invariance_lr=learned_row["invariance_lr"])
+                descriptor = evaluator.validation_invariance(learned_plan.encoder, learned_plan.start, setting)
+                rows.append(selected_row(evaluator, model, descriptor, "i = learned on validation"))
+            elif choice == "binary":
+                descriptor, scores = evaluator.best_binary(model)
+                row = selected_row(evaluator, model, descriptor,
+                                   f"i = best on validation ({descriptor_label(model.space, descriptor)})")
+                rows.append({**row, "candidates": scores})
     if sklearn:
         descriptor = next((plan.descriptor for plan in plans if plan.kind == "fixed"), None)
         rows += sklearn_rows(evaluator, model, descriptor, rows[0]["model"])
     return rows
+
+
+def selected_row(evaluator: FewshotEvaluator, model: PretrainedEncoder, descriptor: torch.Tensor, readout: str
+                 ) -> dict[str, Any]:
+    """The row of a set-wide invariance chosen on validation episodes: test episodes on features at ``descriptor``."""
+    plan_encoder = FrozenFeatures(evaluator.features(model, descriptor))
+    return {"model": "amortised", "readout": readout, "descriptor": descriptor.tolist(),
+            **evaluator.evaluate(plan_encoder, descriptor), "chosen_i": descriptor.tolist()}
 
 
 def sklearn_rows(
@@ -221,7 +283,7 @@ def format_table(report: dict[str, Any]) -> str:
     header = ["model", "readout", "accuracy (%)", *factors]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in report["rows"]:
-        learned = row.get("learned_i")
+        learned = row.get("learned_i") or row.get("chosen_i")  # per episode (mean), or chosen for the set
         cells = [f"{100 * v:.0f}" for v in learned] if learned else ["" for _ in factors]
         accuracy = f"{100 * row['accuracy']:.2f} ± {100 * row['ci95']:.2f}"
         lines.append("| " + " | ".join([row["model"], row["readout"], accuracy, *cells]) + " |")

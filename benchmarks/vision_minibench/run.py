@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import matplotlib
+import torch
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -43,6 +45,7 @@ from aivision.fewshot import parse_fewshot_config, run_fewshot  # noqa: E402
 from aivision.linear import parse_linear_config, run_linear  # noqa: E402
 from aivision.measure import parse_measure_config, run_measure  # noqa: E402
 from aivision.pretraining import parse_config, run_pretrain  # noqa: E402
+from benchmarks.machine import machine_info  # noqa: E402
 
 LOG = logging.getLogger("vision_minibench.run")
 REPO = Path(__file__).resolve().parents[2]
@@ -58,6 +61,8 @@ SETS: dict[str, tuple[str, list[str]]] = {
                   ["data.format=official", "data.official=celeba", "data.task=regression"]),
 }
 FIXED_COLUMNS = (("all", "i = all"), ("spatial=1,appearance=0", "i = S"), ("spatial=0,appearance=1", "i = A"))
+#: Few-shot readouts whose invariance is chosen once on validation episodes (``selected``): column, row prefix.
+SELECTED_COLUMNS = (("i learned on val", "i = learned on validation"), ("best i on val", "i = best on validation"))
 
 
 @dataclass
@@ -239,7 +244,12 @@ def table_rows(ai: str, plain: str, linear_reports: dict, fewshot_reports: dict)
         by_readout = {(row["model"], row["readout"]): row for row in report["rows"]}
         learned = by_readout[("amortised", "learned i")]
         fixed_names = {"all": "i = all", "spatial=1,appearance=0": "i = spatial", "spatial=0,appearance=1": "i = appearance"}
+        chosen = {label: next((row for (model, readout), row in by_readout.items()
+                               if model == "amortised" and readout.startswith(prefix)), None)
+                  for label, prefix in SELECTED_COLUMNS}
         rows.append({
+            **{label: None if row is None else row["accuracy"] for label, row in chosen.items()},
+            "chosen_i": {label: row["chosen_i"] for label, row in chosen.items() if row is not None},
             "task": f"Wesnoth units, 5-way {report['config']['episodes']['shots']}-shot", "metric": "accuracy",
             "set": key, "plain": by_readout[("baseline", "linear")]["accuracy"],
             "plain_ci95": by_readout[("baseline", "linear")]["ci95"], "learned": learned["accuracy"],
@@ -253,13 +263,15 @@ def table_rows(ai: str, plain: str, linear_reports: dict, fewshot_reports: dict)
 def results_table(method: str, rows: list[dict[str, Any]]) -> str:
     """The paper's Table 1 layout for one method pair, as Markdown."""
     header = ["task", method, f"AI-{method}, learned i", *(f"AI-{method}, {label}" for _, label in FIXED_COLUMNS),
-              "learned S, A (%)"]
+              *(f"AI-{method}, {label}" for label, _ in SELECTED_COLUMNS), "learned S, A (%)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         unit = "accuracy %" if row["percent"] else "R²"
         cells = [f"{row['task']} ({unit})", _score(row["plain"], row.get("plain_ci95"), row["percent"]),
                  _score(row["learned"], row.get("learned_ci95"), row["percent"]),
                  *(_score(row[label], None, row["percent"]) for _, label in FIXED_COLUMNS),
+                 *("–" if row.get(label) is None else _score(row[label], None, row["percent"])
+                   for label, _ in SELECTED_COLUMNS),
                  "" if row["learned_i"] is None else ", ".join(f"{100 * v:.0f}" for v in row["learned_i"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -282,8 +294,19 @@ def training_curves(out: Path, models: list[str], path: Path) -> Path:
     return path
 
 
+def commit() -> str:
+    """The repository's commit, with ``+changes`` when the working tree differs from it (or "unknown")."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
+                               text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+
+
 def write_results(out: Path, config: VisionMinibenchConfig, runs: dict, linear_reports: dict, fewshot_reports: dict,
-                  measured: dict, seconds: dict) -> str:
+                  measured: dict, seconds: dict, code: str) -> str:
     tables, rows_by_pair = [], {}
     for method, ai, plain in PAIRS:
         if ai in config.pairs:
@@ -319,8 +342,13 @@ def write_results(out: Path, config: VisionMinibenchConfig, runs: dict, linear_r
         "",
     ])
     atomic_write_text(out / "results.md", text)
+    seeds = {"pretraining": sorted({run["config"]["trainer"]["seed"] for run in runs.values()}),
+             "splits": sorted({r["config"]["data"]["seed"] for by_model in linear_reports.values()
+                               for r in by_model.values()}),
+             "episodes": sorted({r["config"]["episodes"]["seed"] for r in fewshot_reports.values()})}
     atomic_write_text(out / "results.json", json.dumps({
-        "config": to_dict(config), "seconds": seconds, "rows": rows_by_pair,
+        "benchmark": "vision_minibench", "commit": code, "machine": machine_info(torch.device("cuda" if torch.cuda.is_available() else "cpu")),
+        "seeds": seeds, "config": to_dict(config), "seconds": seconds, "rows": rows_by_pair,
         "pretrain": {name: {"seconds": run["seconds"], "config": run["config"]} for name, run in runs.items()},
         "measure": {ai: m["table"] for ai, m in measured.items()},
     }, indent=2, default=str))
@@ -337,6 +365,7 @@ def run(config: VisionMinibenchConfig) -> str:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.json", json.dumps(to_dict(config), indent=2))
     seconds: dict[str, float] = {}
+    code = commit()  # the code that runs (a commit made while it runs is not it)
     started = time.perf_counter()
     runs = pretrain(config, out, data)
     seconds["pretrain"] = time.perf_counter() - started
@@ -347,7 +376,7 @@ def run(config: VisionMinibenchConfig) -> str:
     measured = measure(config, out, data, linear_reports, fewshot_reports)
     seconds["measure"] = time.perf_counter() - started - sum(seconds.values())
     seconds["total"] = time.perf_counter() - started
-    return write_results(out, config, runs, linear_reports, fewshot_reports, measured, seconds)
+    return write_results(out, config, runs, linear_reports, fewshot_reports, measured, seconds, code)
 
 
 def main(argv: list[str] | None = None) -> int:

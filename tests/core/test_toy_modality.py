@@ -16,8 +16,16 @@ from aiaudio.engine.checkpoint import latest_checkpoint
 from aiaudio.engine.pretrained import ENCODER_RECORD, load_encoder
 from aiaudio.engine.pretraining import run_pretraining
 from aiaudio.eval.episodes import SegmentPool
-from aiaudio.eval.fewshot import EpisodeConfig, EpisodeData, FewshotEvaluator, evaluate_encoder
-from aiaudio.eval.learner import LearnerConfig
+from aiaudio.eval.fewshot import (
+    EpisodeConfig,
+    EpisodeData,
+    FewshotEvaluator,
+    FewshotRunConfig,
+    descriptor_label,
+    evaluate_encoder,
+    format_table,
+)
+from aiaudio.eval.learner import AmortisedFeatures, LearnerConfig
 from aiaudio.eval.sweep import FewshotSweepConfig
 from aiaudio.methods.moco import MoCoV2
 
@@ -112,6 +120,36 @@ def test_fewshot_episodes_learn_an_invariance_on_the_toy(tmp_path: Path, monkeyp
     assert all(0.0 <= value <= 1.0 for value in learned["learned_i"])
     assert learned["learned_i"] != [0.5, 0.5]  # the descriptor moved from its start
     assert all(row["accuracy"] > 0.6 for row in rows_out)  # 3-way chance is 1/3; prototypes are far apart
+
+
+def test_a_set_wide_invariance_chosen_on_validation_episodes_is_scored_on_the_test_episodes(tmp_path: Path) -> None:
+    """``selected``: the mean invariance learned on validation episodes, and the best binary descriptor there, each
+    fixed for every test episode; the binary choice is the candidate with the best validation accuracy."""
+    pretrain(tmp_path / "run", "simclr", steps=30, ckpt_every=30)
+    encoder = load_encoder(tmp_path / "run")
+    data = ToyVectors(size=120, classes=12, seed=3)
+    episode_data = EpisodeData(SegmentPool(data.labels), lambda s: data.items[s], len(data.items), list(range(6)),
+                               list(range(6, 12)))
+    evaluator = FewshotEvaluator(
+        EpisodeConfig(ways=3, shots=2, queries=2, test_episodes=24, val_episodes=8), LearnerConfig(steps=20),
+        FewshotSweepConfig(lrs=[0.05], invariance_lrs=[0.1]), episode_data, torch.device("cpu"),
+    )
+    rows = evaluate_encoder(evaluator, encoder, [], "amortised", selected=["learned", "binary"])
+    learned, on_val, best = rows
+    assert learned["readout"] == "learned i" and on_val["readout"] == "i = learned on validation"
+    validation = evaluator.validation_invariance(
+        AmortisedFeatures(encoder, episode_data.inputs), torch.full((2,), 0.5),
+        LearnerConfig(steps=20, lr=0.05, invariance_lr=0.1))
+    torch.testing.assert_close(torch.tensor(on_val["chosen_i"]), validation)  # the validation episodes' mean
+    assert on_val["chosen_i"] != [0.5, 0.5] and on_val["episodes"] == 24
+    scores = best["candidates"]
+    assert len(scores) == len(encoder.space) and best["readout"].startswith("i = best on validation (")
+    chosen = descriptor_label(encoder.space, torch.tensor(best["chosen_i"]))
+    assert scores[chosen] == max(scores.values()) and best["readout"].endswith(f"({chosen})")
+    table = format_table({"factors": list(encoder.space.names), "rows": rows})
+    assert f"| {100 * on_val['chosen_i'][0]:.0f} |" in table
+    with pytest.raises(ValueError, match="selected"):
+        FewshotRunConfig(selected=["oracle"])
 
 
 @pytest.mark.slow

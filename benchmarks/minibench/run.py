@@ -17,7 +17,6 @@ checkpoint; a few-shot run whose ``results.json`` holds the same configuration i
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -31,15 +30,16 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from aiaudio.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from aiaudio.config import ConfigError, apply_overrides, load_yaml, to_dict  # noqa: E402
 from aiaudio.engine.files import atomic_write_text  # noqa: E402
 from aiaudio.engine.metrics import read_metrics  # noqa: E402
 from aiaudio.fewshot import parse_fewshot_config, run_fewshot  # noqa: E402
 from aiaudio.measure import parse_measure_config, run_measure  # noqa: E402
 from aiaudio.pretrain import parse_config, run_cache, run_pretrain  # noqa: E402
+from benchmarks.pipeline import repo_path, reused_report, run_main  # noqa: E402
 
 LOG = logging.getLogger("minibench.run")
-REPO = Path(__file__).resolve().parents[2]
 MODELS: tuple[str, ...] = ("ai_simclr", "simclr")
 #: Short column names for the CLAR factors, in the paper's order.
 FACTOR_ABBREVIATIONS = {"pitch_shift": "PS", "fade_in": "FI", "fade_out": "FO", "noise": "NI", "time_mask": "TM",
@@ -77,16 +77,11 @@ class MinibenchConfig:
     measure: MeasureStage = field(default_factory=MeasureStage)
 
 
-def _path(text: str) -> Path:
-    path = Path(text).expanduser()
-    return path if path.is_absolute() else REPO / path
-
-
 def pretrain(config: MinibenchConfig, out: Path, data: Path) -> dict[str, dict[str, Any]]:
     """Cache the corpus and pretrain both models (resuming finished or interrupted runs)."""
     runs = {}
     for name in MODELS:
-        raw = load_yaml(_path(getattr(config.pretrain, name)))
+        raw = load_yaml(repo_path(getattr(config.pretrain, name)))
         run_config = parse_config(apply_overrides(raw, [
             f"data.root={data / 'fsd50k'}", f"data.cache_dir={out / 'cache' / 'pretrain'}", f"run_dir={out / name}",
             *config.pretrain.overrides,
@@ -105,30 +100,19 @@ def fewshot(config: MinibenchConfig, out: Path, data: Path) -> dict[str, dict[st
     for set_name, set_config in config.fewshot.sets.items():
         for shots in config.fewshot.shots:
             key = f"{set_name}-{shots}shot"
-            run_config = parse_fewshot_config(apply_overrides(load_yaml(_path(set_config)), [
+            run_config = parse_fewshot_config(apply_overrides(load_yaml(repo_path(set_config)), [
                 f"checkpoint={out / 'ai_simclr'}", f"baseline={out / 'simclr'}", f"data.root={data / set_name}",
                 f"data.cache_dir={out / 'cache' / 'fewshot'}", f"out_dir={out / 'fewshot' / key}",
                 f"episodes.shots={shots}", "progress=false", *config.fewshot.overrides,
             ]))
-            previous = out / "fewshot" / key / "results.json"
-            if previous.is_file():
-                report = json.loads(previous.read_text(encoding="utf-8"))
-                if report["config"] == to_dict(run_config) and "seconds" in report:
-                    LOG.info("few-shot %s: done before, reused", key)
-                    reports[key] = report
-                    continue
-            started = time.perf_counter()
-            report = run_fewshot(run_config)
-            report["seconds"] = time.perf_counter() - started
-            atomic_write_text(previous, json.dumps(report, indent=2))
-            reports[key] = report
-            LOG.info("few-shot %s: %.0f s", key, report["seconds"])
+            reports[key] = reused_report(out / "fewshot" / key / "results.json", to_dict(run_config),
+                                         lambda c=run_config: run_fewshot(c), f"few-shot {key}")
     return reports
 
 
 def measure(config: MinibenchConfig, out: Path, data: Path, reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
     results = [str(out / "fewshot" / key / "results.json") for key in reports]
-    return run_measure(parse_measure_config(apply_overrides(load_yaml(_path(config.measure.config)), [
+    return run_measure(parse_measure_config(apply_overrides(load_yaml(repo_path(config.measure.config)), [
         f"checkpoint={out / 'ai_simclr'}", f"data.root={data / 'fsd50k'}", "data.split=val",
         f"data.cache_dir={out / 'cache' / 'measure'}", f"out_dir={out / 'measure'}",
         "fewshot_results=[" + ",".join(results) + "]", *config.measure.overrides,
@@ -213,7 +197,7 @@ def write_results(out: Path, config: MinibenchConfig, runs: dict, reports: dict,
 
 
 def run(config: MinibenchConfig) -> str:
-    out, data = _path(config.out_dir), _path(config.data_dir)
+    out, data = repo_path(config.out_dir), repo_path(config.data_dir)
     missing = [name for name in ("fsd50k", *config.fewshot.sets) if not (data / name / "complete.json").is_file()]
     if missing:
         raise ConfigError(f"{data} lacks the built set(s) {', '.join(missing)}: run benchmarks/minibench/build "
@@ -233,18 +217,7 @@ def run(config: MinibenchConfig) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("config", nargs="?", default="configs/minibench/cpu.yaml", help="default %(default)s")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. out_dir=runs/mb")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    try:
-        config = from_dict(MinibenchConfig, apply_overrides(load_yaml(_path(args.config)), args.overrides))
-        print(run(config))
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return run_main(MinibenchConfig, run, "configs/minibench/cpu.yaml", __doc__.split("\n\n")[0], argv)
 
 
 if __name__ == "__main__":

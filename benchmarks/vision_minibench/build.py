@@ -177,6 +177,21 @@ def _dump(path: Path, record: dict[str, Any]) -> None:
         pickle.dump(record, handle, protocol=2)
 
 
+def decoded(path: Path, mode: ImageReadMode) -> torch.Tensor | None:
+    """The image at ``path`` (uint8 ``[C, H, W]``), or None with a warning naming it when it does not decode."""
+    try:
+        return decode_image(str(path), mode=mode)
+    except (RuntimeError, ValueError) as error:
+        LOG.warning("skipping %s: %s", path, error)
+        return None
+
+
+def on_background(rgba: torch.Tensor, value: float) -> torch.Tensor:
+    """Float RGB ``[3, H, W]`` of uint8 RGBA composited over a flat background of ``value`` (0-255)."""
+    alpha = rgba[3:].float() / 255
+    return rgba[:3].float() * alpha + value * (1 - alpha)
+
+
 def unit_sprites(unpacked: Path) -> dict[str, list[Path]]:
     """Unit class -> its sprites, from ``.../core/images/units/<race>/*.png`` (see the module docstring)."""
     root = next(iter(sorted(unpacked.rglob("core/images/units"))), None)
@@ -216,14 +231,11 @@ def write_units(classes: dict[str, list[Path]], out: Path, min_per_unit: int = M
         folder.mkdir(parents=True)
         written = 0
         for path in paths:
-            try:
-                rgba = decode_image(str(path), mode=ImageReadMode.RGB_ALPHA)
-            except (RuntimeError, ValueError) as error:
-                LOG.warning("skipping %s: %s", path, error)
+            rgba = decoded(path, ImageReadMode.RGB_ALPHA)
+            if rgba is None:
                 skipped += 1
                 continue
-            alpha = rgba[3:].float() / 255
-            rgb = (rgba[:3].float() * alpha + BACKGROUND * (1 - alpha)).round().to(torch.uint8)
+            rgb = on_background(rgba, BACKGROUND).round().to(torch.uint8)
             write_png(rgb, str(folder / f"{written:03d}.png"))
             sources[f"{name}/{path.name}"] = sha256_of(path)
             written += 1
@@ -485,10 +497,8 @@ def write_pool(textures: list[tuple[Texture, torch.Tensor, str]], wallpapers: li
                   random_crops(image, CROPS_PER_TEXTURE, rng, (0.4, 1.0)))
             sources[f"{texture.package}:{texture.member}"] = digest
     for path in wallpapers:
-        try:
-            image = decode_image(str(path), mode=ImageReadMode.RGB)
-        except (RuntimeError, ValueError) as error:
-            LOG.warning("skipping %s: %s", path, error)
+        image = decoded(path, ImageReadMode.RGB)
+        if image is None:
             skipped += 1
             continue
         write("wallpapers", f"{path.parent.name}-{path.stem}-{_hash_order(str(path))[:8]}",
@@ -529,14 +539,11 @@ def write_clipart(classes: dict[str, list[Path]], out: Path, minimum: int = CLIP
         for path in sorted(paths, key=lambda p: _hash_order(p.name)):
             if written == maximum:
                 break
-            try:
-                rgba = decode_image(str(path), mode=ImageReadMode.RGB_ALPHA)
-            except (RuntimeError, ValueError) as error:
-                LOG.warning("skipping %s: %s", path, error)
+            rgba = decoded(path, ImageReadMode.RGB_ALPHA)
+            if rgba is None:
                 skipped += 1
                 continue
-            alpha = rgba[3:].float() / 255
-            image = rgba[:3].float() * alpha + 255 * (1 - alpha)
+            image = on_background(rgba, 255)
             scale = CLIPART_SIDE / max(image.shape[-2:])
             if scale < 1:
                 size = (max(1, round(image.shape[-2] * scale)), max(1, round(image.shape[-1] * scale)))

@@ -21,7 +21,6 @@ a readout or few-shot run whose ``results.json`` holds the same configuration is
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import subprocess
@@ -29,7 +28,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import matplotlib
 import torch
@@ -38,7 +37,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from aiaudio.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict  # noqa: E402
+from aiaudio.config import ConfigError, apply_overrides, load_yaml, to_dict  # noqa: E402
 from aiaudio.engine.files import atomic_write_text  # noqa: E402
 from aiaudio.engine.metrics import read_metrics  # noqa: E402
 from aivision.fewshot import parse_fewshot_config, run_fewshot  # noqa: E402
@@ -46,9 +45,9 @@ from aivision.linear import parse_linear_config, run_linear  # noqa: E402
 from aivision.measure import parse_measure_config, run_measure  # noqa: E402
 from aivision.pretraining import parse_config, run_pretrain  # noqa: E402
 from benchmarks.machine import machine_info  # noqa: E402
+from benchmarks.pipeline import REPO, repo_path, reused_report, run_main  # noqa: E402
 
 LOG = logging.getLogger("vision_minibench.run")
-REPO = Path(__file__).resolve().parents[2]
 #: Method pairs: (method, amortised model, plain twin); the amortised model's name is the plain one's with "ai_".
 PAIRS: tuple[tuple[str, str, str], ...] = (("SimCLR", "ai_simclr", "simclr"), ("MoCo-v2", "ai_mocov2", "mocov2"))
 #: Many-shot sets: the built folder, what it is, and how ``aivision linear`` reads it.
@@ -125,31 +124,11 @@ class VisionMinibenchConfig:
         return [model for _, ai, plain in PAIRS if ai in self.pairs for model in (ai, plain)]
 
 
-def _path(text: str) -> Path:
-    path = Path(text).expanduser()
-    return path if path.is_absolute() else REPO / path
-
-
-def _reused(path: Path, config: dict[str, Any], run: Callable[[], dict[str, Any]], what: str) -> dict[str, Any]:
-    """The report in ``path`` when it was made with ``config``; else ``run()``'s, timed and saved there."""
-    if path.is_file():
-        report = json.loads(path.read_text(encoding="utf-8"))
-        if report.get("config") == config and "seconds" in report:
-            LOG.info("%s: done before, reused", what)
-            return report
-    started = time.perf_counter()
-    report = run()
-    report["seconds"] = time.perf_counter() - started
-    atomic_write_text(path, json.dumps(report, indent=2, default=str))
-    LOG.info("%s: %.0f s", what, report["seconds"])
-    return report
-
-
 def pretrain(config: VisionMinibenchConfig, out: Path, data: Path) -> dict[str, dict[str, Any]]:
     """Pretrain every model on the pool (resuming finished or interrupted runs)."""
     runs = {}
     for name in config.models():
-        run_config = parse_config(apply_overrides(load_yaml(_path(config.pretrain.configs[name])), [
+        run_config = parse_config(apply_overrides(load_yaml(repo_path(config.pretrain.configs[name])), [
             f"data.root={data / 'pool'}", f"run_dir={out / name}", *config.pretrain.overrides,
             *config.pretrain.model_overrides.get(name, []),
         ]))
@@ -166,12 +145,12 @@ def linear(config: VisionMinibenchConfig, out: Path, data: Path) -> dict[str, di
     for set_name in config.linear.sets:
         for model in config.models():
             folder = out / "linear" / set_name / model
-            run_config = parse_linear_config(apply_overrides(load_yaml(_path(config.linear.config)), [
+            run_config = parse_linear_config(apply_overrides(load_yaml(repo_path(config.linear.config)), [
                 f"checkpoint={out / model}", f"data.root={data / set_name}", f"out_dir={folder}", *SETS[set_name][1],
                 "fixed=[" + ",".join(f'"{text}"' for text, _ in FIXED_COLUMNS) + "]", *config.linear.overrides,
                 *config.linear.set_overrides.get(set_name, []),
             ]))
-            reports.setdefault(set_name, {})[model] = _reused(
+            reports.setdefault(set_name, {})[model] = reused_report(
                 folder / "results.json", to_dict(run_config), lambda c=run_config: run_linear(c), f"linear {set_name} {model}")
     return reports
 
@@ -185,12 +164,12 @@ def fewshot(config: VisionMinibenchConfig, out: Path, data: Path) -> dict[str, d
         for shots in config.fewshot.shots:
             key = f"{ai}-{shots}shot"
             folder = out / "fewshot" / key
-            run_config = parse_fewshot_config(apply_overrides(load_yaml(_path(config.fewshot.config)), [
+            run_config = parse_fewshot_config(apply_overrides(load_yaml(repo_path(config.fewshot.config)), [
                 f"checkpoint={out / ai}", f"baseline={out / plain}", f"data.root={data / config.fewshot.set}",
                 f"out_dir={folder}", f"episodes.shots={shots}",
                 "fixed=[" + ",".join(f'"{text}"' for text, _ in FIXED_COLUMNS) + "]", *config.fewshot.overrides,
             ]))
-            reports[key] = _reused(folder / "results.json", to_dict(run_config), lambda c=run_config: run_fewshot(c),
+            reports[key] = reused_report(folder / "results.json", to_dict(run_config), lambda c=run_config: run_fewshot(c),
                                    f"few-shot {key}")
     return reports
 
@@ -202,7 +181,7 @@ def measure(config: VisionMinibenchConfig, out: Path, data: Path, linear_reports
     for ai in config.pairs:
         learned = [str(out / "linear" / s / ai / "results.json") for s in linear_reports]
         learned += [str(out / "fewshot" / key / "results.json") for key in fewshot_reports if key.startswith(f"{ai}-")]
-        measured[ai] = run_measure(parse_measure_config(apply_overrides(load_yaml(_path(config.measure.config)), [
+        measured[ai] = run_measure(parse_measure_config(apply_overrides(load_yaml(repo_path(config.measure.config)), [
             f"checkpoint={out / ai}", f"data.root={data / config.measure.set}", f"out_dir={out / 'measure' / ai}",
             "learned_results=[" + ",".join(learned) + "]", *config.measure.overrides,
         ])))
@@ -356,7 +335,7 @@ def write_results(out: Path, config: VisionMinibenchConfig, runs: dict, linear_r
 
 
 def run(config: VisionMinibenchConfig) -> str:
-    out, data = _path(config.out_dir), _path(config.data_dir)
+    out, data = repo_path(config.out_dir), repo_path(config.data_dir)
     needed = {"pool", *config.linear.sets, config.fewshot.set, config.measure.set}
     missing = sorted(name for name in needed if not (data / name / "complete.json").is_file())
     if missing:
@@ -380,18 +359,7 @@ def run(config: VisionMinibenchConfig) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("config", nargs="?", default="configs/vision_minibench/cpu.yaml", help="default %(default)s")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. out_dir=runs/vmb")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    try:
-        config = from_dict(VisionMinibenchConfig, apply_overrides(load_yaml(_path(args.config)), args.overrides))
-        print(run(config))
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return run_main(VisionMinibenchConfig, run, "configs/vision_minibench/cpu.yaml", __doc__.split("\n\n")[0], argv)
 
 
 if __name__ == "__main__":

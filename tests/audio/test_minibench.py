@@ -561,15 +561,16 @@ def test_shipped_budgets_parse_into_every_stage_config(budget):
     from aiaudio.fewshot import parse_fewshot_config
     from aiaudio.measure import parse_measure_config
     from aiaudio.pretrain import parse_config
+    from benchmarks.pipeline import repo_path
 
-    config = from_dict(run.MinibenchConfig, load_yaml(run.REPO / "configs" / "minibench" / f"{budget}.yaml"))
+    config = from_dict(run.MinibenchConfig, load_yaml(repo_path(f"configs/minibench/{budget}.yaml")))
     for name in run.MODELS:
-        pretrain = parse_config(apply_overrides(load_yaml(run._path(getattr(config.pretrain, name))),
+        pretrain = parse_config(apply_overrides(load_yaml(repo_path(getattr(config.pretrain, name))),
                                                 ["data.root=/data", *config.pretrain.overrides]))
         assert pretrain.trainer.steps > 0
     assert set(config.fewshot.sets) == {"esc50", "nsynth"}
     for set_config in config.fewshot.sets.values():
-        fewshot = parse_fewshot_config(apply_overrides(load_yaml(run._path(set_config)), config.fewshot.overrides))
+        fewshot = parse_fewshot_config(apply_overrides(load_yaml(repo_path(set_config)), config.fewshot.overrides))
         assert fewshot.episodes.ways == 5
-    measure = parse_measure_config(apply_overrides(load_yaml(run._path(config.measure.config)), config.measure.overrides))
+    measure = parse_measure_config(apply_overrides(load_yaml(repo_path(config.measure.config)), config.measure.overrides))
     assert measure.clips > 0

@@ -6,6 +6,7 @@ import gzip
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from torchvision.io import read_image, write_png
 
@@ -320,3 +321,38 @@ def test_the_run_config_refuses_unknown_sets_and_pairs_and_a_run_without_built_d
     with pytest.raises(ConfigError, match="run benchmarks/vision_minibench/build"):
         run(config)
     assert not (tmp_path / "out").exists()  # refused before any work
+
+
+@pytest.mark.parametrize("budget", ["cpu", "gpu"])
+def test_the_shipped_vision_budgets_parse_into_every_stage_config(budget: str, tmp_path: Path):
+    """Every override in configs/vision_minibench/*.yaml names a real key of the stage config it is applied to, with
+    a value that config accepts (as the run applies them)."""
+    from aiaudio.config import apply_overrides, from_dict, load_yaml
+    from aivision.fewshot import parse_fewshot_config
+    from aivision.linear import parse_linear_config
+    from aivision.measure import parse_measure_config
+    from aivision.pretraining import parse_config
+    from benchmarks.pipeline import repo_path
+    from benchmarks.vision_minibench.run import FIXED_COLUMNS, SETS, VisionMinibenchConfig
+
+    config = from_dict(VisionMinibenchConfig, load_yaml(repo_path(f"configs/vision_minibench/{budget}.yaml")))
+    assert config.models() == ["ai_simclr", "simclr", "ai_mocov2", "mocov2"]
+    steps = set()
+    for name in config.models():
+        pretrain = parse_config(apply_overrides(load_yaml(repo_path(config.pretrain.configs[name])), [
+            "data.root=/data", *config.pretrain.overrides, *config.pretrain.model_overrides.get(name, [])]))
+        assert pretrain.invariance.mode == ("amortised" if name.startswith("ai_") else "fixed")
+        steps.add((pretrain.trainer.steps, pretrain.trainer.batch_size, pretrain.input.size, pretrain.trainer.optimizer))
+    assert len(steps) == 1  # the same budget for every model
+    fixed = "fixed=[" + ",".join(f'"{text}"' for text, _ in FIXED_COLUMNS) + "]"
+    for set_name in config.linear.sets:
+        linear = parse_linear_config(apply_overrides(load_yaml(repo_path(config.linear.config)), [
+            "checkpoint=/runs/x", f"data.root={tmp_path}", *SETS[set_name][1], fixed, *config.linear.overrides,
+            *config.linear.set_overrides.get(set_name, [])]))
+        assert linear.data.format == "official" and len(linear.fixed) == 3
+    fewshot = parse_fewshot_config(apply_overrides(load_yaml(repo_path(config.fewshot.config)), [
+        "checkpoint=/runs/x", f"data.root={tmp_path}", fixed, *config.fewshot.overrides]))
+    assert fewshot.episodes.ways == 5 and fewshot.selected == ["learned", "binary"]
+    measure = parse_measure_config(apply_overrides(load_yaml(repo_path(config.measure.config)), [
+        "checkpoint=/runs/x", f"data.root={tmp_path}", *config.measure.overrides]))
+    assert measure.images > 0

@@ -1,8 +1,9 @@
 """Run the whole image pipeline on the real-image mini benchmark (built by ``build.py``) and write its table and plots.
 
-1. Pretrain four models on the unlabelled ``pool`` with the same budget (steps, batch, image size, optimiser):
+1. Pretrain each listed pair on the unlabelled ``pool`` with the same budget (steps, batch, image size, optimiser):
    AI-SimCLR (Hyper-ResNet50, amortised over the Spatial / Appearance groups) and SimCLR (ResNet50, every
-   augmentation on), AI-MoCo-v2 (one queue and head per descriptor) and MoCo-v2.
+   augmentation on), AI-MoCo-v2 (one queue and head per descriptor) and MoCo-v2, and (``pairs`` naming
+   ``ai_mocov3``) AI-MoCo-v3 with a Prompt-ViT and MoCo-v3 with its plain ViT twin.
 2. ``aivision linear`` on every many-shot set (Fashion-MNIST in the CIFAR-10 layout, landscape scenes and materials in
    the DTD layout, clip-art in the Caltech-101 layout: accuracy; the pasted-stamp landmarks in the CelebA layout:
    R², and low-shot R² on fractions of its training images): each amortised model with its learned invariance and at
@@ -49,7 +50,8 @@ from benchmarks.pipeline import REPO, repo_path, reused_report, run_main  # noqa
 
 LOG = logging.getLogger("vision_minibench.run")
 #: Method pairs: (method, amortised model, plain twin); the amortised model's name is the plain one's with "ai_".
-PAIRS: tuple[tuple[str, str, str], ...] = (("SimCLR", "ai_simclr", "simclr"), ("MoCo-v2", "ai_mocov2", "mocov2"))
+PAIRS: tuple[tuple[str, str, str], ...] = (("SimCLR", "ai_simclr", "simclr"), ("MoCo-v2", "ai_mocov2", "mocov2"),
+                                           ("MoCo-v3", "ai_mocov3", "mocov3"))
 #: Many-shot sets: the built folder, what it is, and how ``aivision linear`` reads it.
 SETS: dict[str, tuple[str, list[str]]] = {
     "fashion_cifar": ("Fashion-MNIST (CIFAR-10 layout)", ["data.format=official", "data.official=cifar10"]),
@@ -73,6 +75,8 @@ class PretrainStage:
         "simclr": "configs/vision/imagenet100_simclr_resnet50.yaml",
         "ai_mocov2": "configs/vision/imagenet100_ai_mocov2_hyper_resnet50.yaml",
         "mocov2": "configs/vision/imagenet100_mocov2_resnet50.yaml",
+        "ai_mocov3": "configs/vision/imagenet_ai_mocov3_prompt_vit.yaml",
+        "mocov3": "configs/vision/imagenet_mocov3_vit.yaml",
     })
     overrides: list[str] = field(default_factory=list)
     model_overrides: dict[str, list[str]] = field(default_factory=dict)

@@ -336,13 +336,16 @@ def test_the_shipped_vision_budgets_parse_into_every_stage_config(budget: str, t
     from benchmarks.vision_minibench.run import FIXED_COLUMNS, SETS, VisionMinibenchConfig
 
     config = from_dict(VisionMinibenchConfig, load_yaml(repo_path(f"configs/vision_minibench/{budget}.yaml")))
-    assert config.models() == ["ai_simclr", "simclr", "ai_mocov2", "mocov2"]
+    pairs = ["ai_simclr", "simclr", "ai_mocov2", "mocov2"] + (["ai_mocov3", "mocov3"] if budget == "gpu" else [])
+    assert config.models() == pairs
     steps = set()
     for name in config.models():
         pretrain = parse_config(apply_overrides(load_yaml(repo_path(config.pretrain.configs[name])), [
             "data.root=/data", *config.pretrain.overrides, *config.pretrain.model_overrides.get(name, [])]))
         assert pretrain.invariance.mode == ("amortised" if name.startswith("ai_") else "fixed")
         steps.add((pretrain.trainer.steps, pretrain.trainer.batch_size, pretrain.input.size, pretrain.trainer.optimizer))
+        if name.endswith("mocov3"):
+            assert "vit_tiny" in pretrain.model.encoder
     assert len(steps) == 1  # the same budget for every model
     fixed = "fixed=[" + ",".join(f'"{text}"' for text, _ in FIXED_COLUMNS) + "]"
     for set_name in config.linear.sets:

@@ -184,7 +184,7 @@ def test_linear_reads_an_official_layout_with_its_splits(tiny_run: Path, tmp_pat
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs" / "vision").glob("*.yaml")
-                                        if p.name not in ("measure.yaml", "linear_example.yaml")))
+                                        if p.name not in ("measure.yaml", "linear_example.yaml", "fewshot_example.yaml")))
 def test_every_shipped_pretraining_config_parses_and_builds_its_space(name: str):
     from aivision.pretraining import parse_config
 
@@ -193,7 +193,8 @@ def test_every_shipped_pretraining_config_parses_and_builds_its_space(name: str)
     assert config.method.name in ("simclr", "mocov2", "mocov3")
 
 
-def test_the_shipped_readout_and_measure_configs_parse(tmp_path: Path):
+def test_the_shipped_readout_fewshot_and_measure_configs_parse(tmp_path: Path):
+    from aivision.fewshot import parse_fewshot_config
     from aivision.linear import parse_linear_config
     from aivision.measure import parse_measure_config
 
@@ -202,6 +203,9 @@ def test_the_shipped_readout_and_measure_configs_parse(tmp_path: Path):
     assert linear.fixed == ["all", "spatial=1,appearance=0", "spatial=0,appearance=1"]
     assert parse_measure_config(apply_overrides(load_yaml(REPO / "configs" / "vision" / "measure.yaml"),
                                                 ["checkpoint=run", f"data.root={tmp_path}"]))
+    fewshot = parse_fewshot_config(apply_overrides(load_yaml(REPO / "configs" / "vision" / "fewshot_example.yaml"),
+                                                   ["checkpoint=run", f"data.root={tmp_path}"]))
+    assert fewshot.episodes.queries == 16 and fewshot.selected == []
 
 
 def test_lowshot_readouts_average_over_seeded_training_subsets(tiny_run: Path, shapes: Path, tmp_path: Path):

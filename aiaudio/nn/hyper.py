@@ -25,7 +25,9 @@ Kaiming scale) while two descriptors already give kernels that differ by tens of
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -76,27 +78,175 @@ def grouped_conv2d(
     return unstack_groups(out, groups)
 
 
+class DescriptorContext:
+    """The descriptor a Hyper-ResNet is running at, shared with its BatchNorm layers for the length of one forward
+    call (``[K]``, or ``[G, K]`` for stacked groups; None outside a call), and whether training passes update the
+    per-descriptor statistics as cumulative averages (calibration) instead of moving averages."""
+
+    def __init__(self) -> None:
+        self.descriptor: torch.Tensor | None = None
+        self.cumulative = False
+
+
+#: The largest K with per-descriptor statistics (a table of 2^K rows per BatchNorm layer).
+MAX_STATISTICS_DIM = 10
+
+
+def corner_weights(descriptor: torch.Tensor, corners: torch.Tensor) -> torch.Tensor:
+    """Multilinear weights ``[G, R]`` of the corners ``[R, K]`` of the unit cube for descriptors ``[G, K]``:
+    ``prod_k (i_k c_k + (1 - i_k)(1 - c_k))``; a binary descriptor puts all its weight on its own corner."""
+    d = descriptor[:, None, :]
+    return (d * corners + (1 - d) * (1 - corners)).prod(-1)
+
+
 class StackedBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d that, in eval mode, also normalises G groups stacked along channels (``[n, G * C, H, W]``).
+    """BatchNorm2d that, in eval mode, also normalises G groups stacked along channels (``[n, G * C, H, W]``), and
+    that can keep running statistics per binary descriptor.
 
     Per-group descriptors run a Hyper-ResNet with the groups stacked along the channel axis, so that every hypernetwork
     convolution is one grouped convolution with no layout copies. Eval-mode BatchNorm is a per-channel affine map, so
-    the stacked layout only needs the statistics and affine parameters repeated G times. Same parameters and state
-    dict as :class:`torch.nn.BatchNorm2d`.
+    the stacked layout only needs the statistics and affine parameters repeated G times.
+
+    Per-descriptor statistics (:meth:`track_descriptors`). Each descriptor generates different kernels and so
+    different activation statistics; one set of running statistics, updated whatever descriptor a step drew, fits none
+    of them in eval mode, and the mismatch compounds with depth. With a :class:`DescriptorContext`, the layer also keeps
+    a moving average per binary descriptor (``descriptor_mean``, ``descriptor_var``, ``descriptor_seen``, one row per
+    corner of ``[0, 1]^K``), updated by training passes at that descriptor; in eval mode a descriptor ``i`` is
+    normalised with the mixture of the corners' statistics under the multilinear weights of ``i``
+    (:func:`corner_weights`; exactly a corner's own statistics at a binary ``i``), differentiable in ``i``. Corners never
+    seen get no weight; with none seen (e.g. a checkpoint from before), the shared running statistics are used, as
+    before. Without a context: exactly :class:`torch.nn.BatchNorm2d`'s parameters and state dict.
     """
 
+    context: DescriptorContext | None = None
+
+    def track_descriptors(self, inv_dim: int, context: DescriptorContext) -> None:
+        """Keep running statistics per binary descriptor of length ``inv_dim``, reading the descriptor from ``context``."""
+        if not 1 <= inv_dim <= MAX_STATISTICS_DIM:
+            raise ValueError(f"per-descriptor statistics need 1 <= K <= {MAX_STATISTICS_DIM}, got K = {inv_dim}")
+        corners = torch.tensor(list(itertools.product((0.0, 1.0), repeat=inv_dim)), dtype=torch.float32)
+        self.context = context
+        self.register_buffer("descriptor_corners", corners, persistent=False)
+        self.register_buffer("descriptor_mean", torch.zeros(len(corners), self.num_features))
+        self.register_buffer("descriptor_var", torch.ones(len(corners), self.num_features))
+        self.register_buffer("descriptor_seen", torch.zeros(len(corners)))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:  # type: ignore[no-untyped-def]
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if self.context is not None:  # a checkpoint without per-descriptor statistics: the shared ones serve
+            for name in ("descriptor_mean", "descriptor_var", "descriptor_seen"):
+                if prefix + name in missing_keys:
+                    missing_keys.remove(prefix + name)
+
+    def _corner_of(self, descriptor: torch.Tensor) -> int | None:
+        if descriptor.dim() != 1 or not bool(((descriptor == 0) | (descriptor == 1)).all()):
+            return None
+        return int(sum(int(bit) << (len(descriptor) - 1 - k) for k, bit in enumerate(descriptor.tolist())))
+
+    @torch.no_grad()
+    def _update_descriptor_statistics(self, x: torch.Tensor, row: int) -> None:
+        dims = (0, 2, 3)
+        mean = x.float().mean(dims)
+        count = x.numel() // x.shape[1]
+        var = x.float().var(dims, unbiased=count > 1)
+        seen = float(self.descriptor_seen[row])
+        if self.context is not None and self.context.cumulative:
+            rate = 1.0 / (seen + 1.0)
+        else:
+            rate = 1.0 if seen == 0 else (self.momentum if self.momentum is not None else 1.0 / (seen + 1.0))
+        self.descriptor_mean[row].lerp_(mean, rate)
+        self.descriptor_var[row].lerp_(var, rate)
+        self.descriptor_seen[row] += 1
+
+    def _descriptor_statistics(self, descriptor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Mean and variance ``[G, C]`` for descriptors ``[G, K]`` from the corners seen; None when none is."""
+        seen = self.descriptor_seen > 0
+        if not bool(seen.any()):
+            return None
+        weights = corner_weights(descriptor.to(self.descriptor_mean.dtype), self.descriptor_corners) * seen
+        total = weights.sum(-1, keepdim=True)
+        if bool((total < 1e-6).any()):
+            return None  # a descriptor whose corners were never trained: no statistics of its own
+        weights = weights / total
+        mean = weights @ self.descriptor_mean
+        var = weights @ (self.descriptor_var + self.descriptor_mean**2) - mean**2
+        return mean, var.clamp_min(0.0)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        descriptor = self.context.descriptor if self.context is not None else None
         channels = x.shape[1]
-        if channels == self.num_features or x.dim() != 4 or channels % self.num_features != 0:
+        stacked = not (channels == self.num_features or x.dim() != 4 or channels % self.num_features != 0)
+        if self.training:
+            if stacked:
+                raise ValueError("stacked groups (per-group descriptors) need BatchNorm in eval mode with running "
+                                 "statistics")
+            if descriptor is not None and self.track_running_stats:
+                row = self._corner_of(descriptor)
+                if row is not None:
+                    self._update_descriptor_statistics(x, row)
             return super().forward(x)
-        if self.training or self.running_mean is None:
-            raise ValueError("stacked groups (per-group descriptors) need BatchNorm in eval mode with running statistics")
-        groups = channels // self.num_features
-        weight = self.weight.repeat(groups) if self.weight is not None else None
-        bias = self.bias.repeat(groups) if self.bias is not None else None
-        return F.batch_norm(
-            x, self.running_mean.repeat(groups), self.running_var.repeat(groups), weight, bias, False, 0.0, self.eps
-        )
+        if self.running_mean is None:
+            if stacked:
+                raise ValueError("stacked groups (per-group descriptors) need BatchNorm in eval mode with running "
+                                 "statistics")
+            return super().forward(x)
+        groups = channels // self.num_features if stacked else 1
+        statistics = None
+        if descriptor is not None:
+            statistics = self._descriptor_statistics(descriptor.reshape(-1, descriptor.shape[-1]))
+        if statistics is None:
+            if not stacked:
+                return super().forward(x)
+            mean, var = self.running_mean.repeat(groups), self.running_var.repeat(groups)
+        else:
+            mean, var = statistics[0].reshape(-1), statistics[1].reshape(-1)
+            if mean.numel() != channels:  # one descriptor for stacked groups of the same descriptor
+                mean, var = mean.repeat(groups), var.repeat(groups)
+        weight = self.weight.repeat(groups) if self.weight is not None else torch.ones_like(mean)
+        bias = self.bias.repeat(groups) if self.bias is not None else torch.zeros_like(mean)
+        scale = weight * torch.rsqrt(var + self.eps)
+        shift = bias - mean * scale
+        return x * scale.to(x.dtype)[None, :, None, None] + shift.to(x.dtype)[None, :, None, None]
+
+
+def calibrate_descriptor_statistics(model: nn.Module, batches: Iterable[torch.Tensor], descriptors: torch.Tensor,
+                                    forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> int:
+    """Recompute the per-descriptor BatchNorm statistics of ``model`` (a Hyper-ResNet with
+    :meth:`StackedBatchNorm2d.track_descriptors` layers) as cumulative averages over ``batches`` at each of
+    ``descriptors`` ``[D, K]`` (train-mode passes without gradients; weights and every shared running statistic,
+    the stem's too, unchanged);
+    ``forward(x, i)`` runs the model (default ``model(x, i)``). Returns the number of layers calibrated."""
+    norms = [m for m in model.modules() if isinstance(m, StackedBatchNorm2d) and m.context is not None]
+    if not norms:
+        raise ValueError("the model keeps no per-descriptor BatchNorm statistics to calibrate")
+    batches = list(batches)
+    shared = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None]
+    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in shared]
+    was_training = model.training
+    context = norms[0].context
+    run = forward or model
+    try:
+        context.cumulative = True
+        model.train()
+        with torch.no_grad():
+            for descriptor in descriptors:
+                row = norms[0]._corner_of(descriptor)
+                if row is None:
+                    raise ValueError(f"calibration descriptors must be binary, got {descriptor.tolist()}")
+                for norm in norms:
+                    norm.descriptor_seen[row] = 0
+                for batch in batches:
+                    run(batch, descriptor)
+    finally:
+        context.cumulative = False
+        model.train(was_training)
+        for norm, (mean, var, tracked) in zip(shared, saved):
+            norm.running_mean.copy_(mean)
+            norm.running_var.copy_(var)
+            norm.num_batches_tracked.copy_(tracked)
+    return len(norms)
 
 
 def stack_groups(x: torch.Tensor, groups: int) -> torch.Tensor:

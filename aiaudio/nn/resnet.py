@@ -26,6 +26,7 @@ from torch import nn
 from aiaudio.nn.hyper import (
     HyperConv2d,
     InvarianceEmbedding,
+    DescriptorContext,
     StackedBatchNorm2d,
     check_descriptor,
     stack_groups,
@@ -249,6 +250,9 @@ class HyperResNet(_ResNet):
         dependence: init scale of the descriptor-dependent part of each kernel (see :mod:`aiaudio.nn.hyper`).
         num_classes: classifier outputs; 0 means no classifier (``forward`` returns pooled features).
         zero_init_last: zero the last BatchNorm scale of each block, as timm's ResNet does.
+        descriptor_statistics: the blocks' BatchNorm layers keep running statistics per binary descriptor and
+            normalise each descriptor with its own (see :class:`~aiaudio.nn.hyper.StackedBatchNorm2d`); False keeps one
+            set shared by every descriptor.
     """
 
     amortised = True
@@ -266,6 +270,7 @@ class HyperResNet(_ResNet):
         dependence: float = 0.5,
         num_classes: int = 0,
         zero_init_last: bool = True,
+        descriptor_statistics: bool = False,
     ) -> None:
         if inv_dim < 1:
             raise ValueError(f"inv_dim (descriptor length K) must be >= 1, got {inv_dim}")
@@ -289,6 +294,13 @@ class HyperResNet(_ResNet):
         self.hyper_hidden = hyper_hidden
         self.embed_dim = embed_dim
         self.dependence = dependence
+        self.descriptor_statistics = descriptor_statistics
+        self.descriptor_context = DescriptorContext()
+        if descriptor_statistics:
+            for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+                for module in stage.modules():
+                    if isinstance(module, StackedBatchNorm2d):
+                        module.track_descriptors(inv_dim, self.descriptor_context)
 
     def forward_features(self, x: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
         """Feature map ``[B, num_features, H / 32, W / 32]`` of ``x`` ``[B, in_chans, H, W]`` for descriptor ``i``.
@@ -302,13 +314,17 @@ class HyperResNet(_ResNet):
     def forward_after_stem_features(self, stem: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
         """The residual stages applied to a stem output (see :meth:`forward_stem`) for descriptor(s) ``i``."""
         check_descriptor(i, self.inv_dim, stem.shape[0])
-        if i.dim() == 1 or i.shape[0] == 1:
-            return self._blocks(stem, i if i.dim() == 1 else i[0])
-        if self.training:
+        if i.dim() == 2 and i.shape[0] > 1 and self.training:
             raise ValueError("per-group descriptors need the model in eval mode (BatchNorm would mix the groups)")
-        # The groups run stacked along channels: every block convolution is one grouped convolution, no copies.
-        groups = i.shape[0]
-        return unstack_groups(self._blocks(stack_groups(stem, groups), i), groups)
+        self.descriptor_context.descriptor = i if i.dim() == 1 or i.shape[0] > 1 else i[0]
+        try:
+            if i.dim() == 1 or i.shape[0] == 1:
+                return self._blocks(stem, i if i.dim() == 1 else i[0])
+            # The groups run stacked along channels: every block convolution is one grouped convolution, no copies.
+            groups = i.shape[0]
+            return unstack_groups(self._blocks(stack_groups(stem, groups), i), groups)
+        finally:
+            self.descriptor_context.descriptor = None
 
     def forward_after_stem(self, stem: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
         """Pooled features from a stem output: ``forward(x, i) == forward_after_stem(forward_stem(x), i)``."""

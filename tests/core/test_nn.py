@@ -496,3 +496,69 @@ def test_head_variants():
     assert ProjectionHead(16, 32, 8, num_layers=1)(torch.randn(4, 16)).shape == (4, 8)
     with pytest.raises(ValueError, match="num_layers"):
         ProjectionHead(16, 32, 8, num_layers=0)
+
+
+def test_per_descriptor_statistics_normalise_each_binary_descriptor_with_its_own():
+    """With descriptor_statistics, training passes keep one moving average per binary descriptor; after calibration,
+    eval mode at a binary descriptor equals a plain-BatchNorm copy whose running statistics were recomputed at that
+    descriptor alone (torch's own cumulative averages), one descriptor per group too."""
+    import copy
+
+    from aiaudio.nn.hyper import calibrate_descriptor_statistics, corner_weights
+
+    torch.manual_seed(6)
+    model = _tiny_hyper("resnet18", inv_dim=2, zero_init_last=False, descriptor_statistics=True)
+    batches = [torch.randn(8, 1, 40, 48) * 3 + 1 for _ in range(3)]
+    x = batches[0]
+    descriptors = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    model.train()
+    for descriptor in descriptors:
+        model(x, descriptor)
+    norm = model.layer2[0].bn1
+    assert norm.descriptor_seen.tolist() == [0.0, 1.0, 1.0, 1.0]  # rows in corner order: 00, 01, 10, 11
+    calibrate_descriptor_statistics(model, batches, descriptors)
+    references = []
+    for descriptor in descriptors:
+        reference = _tiny_hyper("resnet18", inv_dim=2, zero_init_last=False)
+        reference.load_state_dict({k: v for k, v in model.state_dict().items() if "descriptor_" not in k})
+        for module in reference.modules():
+            if isinstance(module, ann.StackedBatchNorm2d):  # the blocks' norms: recomputed at this descriptor
+                module.reset_running_stats()
+                module.momentum = None
+            elif isinstance(module, nn.BatchNorm2d):  # the stem's: kept, as calibration keeps it
+                module.momentum = 0.0
+        reference.train()
+        with torch.no_grad():
+            for batch in batches:
+                reference(batch, descriptor)
+        references.append(reference.eval())
+    model.eval()
+    with torch.no_grad():
+        expected = [reference(x, d) for reference, d in zip(references, descriptors)]
+        for descriptor, wanted in zip(descriptors, expected):
+            torch.testing.assert_close(model(x, descriptor), wanted, rtol=1e-4, atol=1e-4)
+        grouped = model(torch.cat([x, x]), descriptors[[2, 0]])
+        torch.testing.assert_close(grouped, torch.cat([expected[2], expected[0]]), rtol=1e-4, atol=1e-4)
+    batch_statistics = expected
+    shared = _tiny_hyper("resnet18", inv_dim=2, zero_init_last=False)
+    shared.load_state_dict({k: v for k, v in model.state_dict().items() if "descriptor_" not in k})
+    with torch.no_grad():
+        assert (shared.eval()(x, descriptors[2]) - batch_statistics[2]).abs().max() > 1e-2  # one mixed set: off
+    descriptor = torch.tensor([0.3, 0.8], requires_grad=True)
+    model(x, descriptor).sum().backward()
+    assert descriptor.grad is not None and bool(descriptor.grad.abs().gt(0).all())  # the statistics depend on i too
+    weights = corner_weights(torch.tensor([[0.3, 0.8], [1.0, 0.0]]), norm.descriptor_corners)
+    torch.testing.assert_close(weights, torch.tensor([[0.14, 0.56, 0.06, 0.24], [0.0, 0.0, 1.0, 0.0]]))
+
+
+def test_a_checkpoint_without_per_descriptor_statistics_loads_and_keeps_the_shared_ones():
+    torch.manual_seed(7)
+    old = _tiny_hyper("resnet18", inv_dim=2, zero_init_last=False)
+    old.train()(torch.randn(4, 1, 40, 48), torch.tensor([1.0, 1.0]))
+    new = _tiny_hyper("resnet18", inv_dim=2, zero_init_last=False, descriptor_statistics=True)
+    new.load_state_dict(old.state_dict())  # strict: the missing tables are allowed
+    x = torch.randn(4, 1, 40, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(new.eval()(x, torch.tensor([0.0, 1.0])), old.eval()(x, torch.tensor([0.0, 1.0])))
+    with pytest.raises(ValueError, match="no per-descriptor"):
+        ann.hyper.calibrate_descriptor_statistics(old, [x], torch.ones(1, 2))

@@ -249,3 +249,22 @@ def test_finetuning_baselines_train_a_copy_of_the_last_blocks_or_all(tiny_run: P
     assert trailing_blocks(encoder, 2) == [encoder.layer4[0], encoder.layer4[1]] and trailing_blocks(encoder, 0) == [encoder]
     with pytest.raises(ValueError, match="cannot fine-tune the last 99"):
         trailing_blocks(encoder, 99)
+
+
+def test_a_run_with_per_descriptor_statistics_keeps_them_in_its_checkpoint(shapes: Path, tmp_path: Path):
+    """model.encoder_args.descriptor_statistics: pretraining fills one row per descriptor drawn, the encoder record
+    keeps the option, and the loaded encoder normalises a binary descriptor with that descriptor's own statistics."""
+    from aiaudio.engine.pretrained import load_encoder
+    from aivision.pretraining import parse_config, run_pretrain
+
+    raw = load_yaml(REPO / "configs" / "vision" / "demo.yaml")
+    run_pretrain(parse_config(apply_overrides(raw, [f"data.root={shapes}", f"run_dir={tmp_path / 'run'}", *TINY,
+                                                    "trainer.steps=4", "trainer.ckpt_every=4",
+                                                    "model.encoder_args.descriptor_statistics=true"])))
+    encoder = load_encoder(tmp_path / "run", torch.device("cpu"))
+    norm = encoder.encoder.layer1[0].bn1
+    assert encoder.encoder.descriptor_statistics and norm.descriptor_seen.sum() == 4  # one update per step
+    drawn = int(norm.descriptor_seen.nonzero()[0])
+    corner = norm.descriptor_corners[drawn]
+    mean, _ = norm._descriptor_statistics(corner[None])
+    torch.testing.assert_close(mean[0], norm.descriptor_mean[drawn])

@@ -85,7 +85,17 @@ class DescriptorContext:
 
     def __init__(self) -> None:
         self.descriptor: torch.Tensor | None = None
+        self.row: int | None = None  # the descriptor's corner when it is binary and a training pass runs (else None)
         self.cumulative = False
+
+
+def corner_index(descriptor: torch.Tensor) -> int | None:
+    """The row of a binary descriptor ``[K]`` in the corner table (bit k worth ``2^(K-1-k)``, the order of
+    ``itertools.product``); None for any other descriptor. Reads the descriptor once on the host."""
+    bits = descriptor.tolist()
+    if descriptor.dim() != 1 or any(bit not in (0.0, 1.0) for bit in bits):
+        return None
+    return sum(int(bit) << (len(bits) - 1 - k) for k, bit in enumerate(bits))
 
 
 #: The largest K with per-descriptor statistics (a table of 2^K rows per BatchNorm layer).
@@ -140,39 +150,33 @@ class StackedBatchNorm2d(nn.BatchNorm2d):
                 if prefix + name in missing_keys:
                     missing_keys.remove(prefix + name)
 
-    def _corner_of(self, descriptor: torch.Tensor) -> int | None:
-        if descriptor.dim() != 1 or not bool(((descriptor == 0) | (descriptor == 1)).all()):
-            return None
-        return int(sum(int(bit) << (len(descriptor) - 1 - k) for k, bit in enumerate(descriptor.tolist())))
-
     @torch.no_grad()
     def _update_descriptor_statistics(self, x: torch.Tensor, row: int) -> None:
         dims = (0, 2, 3)
         mean = x.float().mean(dims)
         count = x.numel() // x.shape[1]
         var = x.float().var(dims, unbiased=count > 1)
-        seen = float(self.descriptor_seen[row])
-        if self.context is not None and self.context.cumulative:
-            rate = 1.0 / (seen + 1.0)
+        seen = self.descriptor_seen[row]  # kept on the device: no host read per layer
+        cumulative = 1.0 / (seen + 1.0)
+        if (self.context is not None and self.context.cumulative) or self.momentum is None:
+            rate = cumulative
         else:
-            rate = 1.0 if seen == 0 else (self.momentum if self.momentum is not None else 1.0 / (seen + 1.0))
+            rate = torch.where(seen == 0, cumulative, torch.full_like(seen, self.momentum))
         self.descriptor_mean[row].lerp_(mean, rate)
         self.descriptor_var[row].lerp_(var, rate)
         self.descriptor_seen[row] += 1
 
-    def _descriptor_statistics(self, descriptor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Mean and variance ``[G, C]`` for descriptors ``[G, K]`` from the corners seen; None when none is."""
-        seen = self.descriptor_seen > 0
-        if not bool(seen.any()):
-            return None
-        weights = corner_weights(descriptor.to(self.descriptor_mean.dtype), self.descriptor_corners) * seen
+    def _descriptor_statistics(self, descriptor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance ``[G, C]`` for descriptors ``[G, K]`` from the corners seen; a descriptor none of whose
+        corners was seen gets the shared running statistics. No host reads (nothing waits for the device)."""
+        weights = corner_weights(descriptor.to(self.descriptor_mean.dtype), self.descriptor_corners)
+        weights = weights * (self.descriptor_seen > 0)
         total = weights.sum(-1, keepdim=True)
-        if bool((total < 1e-6).any()):
-            return None  # a descriptor whose corners were never trained: no statistics of its own
-        weights = weights / total
+        weights = weights / total.clamp_min(1e-6)
         mean = weights @ self.descriptor_mean
-        var = weights @ (self.descriptor_var + self.descriptor_mean**2) - mean**2
-        return mean, var.clamp_min(0.0)
+        var = (weights @ (self.descriptor_var + self.descriptor_mean**2) - mean**2).clamp_min(0.0)
+        own = total > 1e-6
+        return torch.where(own, mean, self.running_mean), torch.where(own, var, self.running_var)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         descriptor = self.context.descriptor if self.context is not None else None
@@ -182,10 +186,9 @@ class StackedBatchNorm2d(nn.BatchNorm2d):
             if stacked:
                 raise ValueError("stacked groups (per-group descriptors) need BatchNorm in eval mode with running "
                                  "statistics")
-            if descriptor is not None and self.track_running_stats:
-                row = self._corner_of(descriptor)
-                if row is not None:
-                    self._update_descriptor_statistics(x, row)
+            row = self.context.row if self.context is not None else None
+            if row is not None and self.track_running_stats:
+                self._update_descriptor_statistics(x, row)
             return super().forward(x)
         if self.running_mean is None:
             if stacked:
@@ -193,15 +196,13 @@ class StackedBatchNorm2d(nn.BatchNorm2d):
                                  "statistics")
             return super().forward(x)
         groups = channels // self.num_features if stacked else 1
-        statistics = None
-        if descriptor is not None:
-            statistics = self._descriptor_statistics(descriptor.reshape(-1, descriptor.shape[-1]))
-        if statistics is None:
+        if descriptor is None:
             if not stacked:
                 return super().forward(x)
             mean, var = self.running_mean.repeat(groups), self.running_var.repeat(groups)
         else:
-            mean, var = statistics[0].reshape(-1), statistics[1].reshape(-1)
+            mean, var = self._descriptor_statistics(descriptor.reshape(-1, descriptor.shape[-1]))
+            mean, var = mean.reshape(-1), var.reshape(-1)
             if mean.numel() != channels:  # one descriptor for stacked groups of the same descriptor
                 mean, var = mean.repeat(groups), var.repeat(groups)
         weight = self.weight.repeat(groups) if self.weight is not None else torch.ones_like(mean)
@@ -232,7 +233,7 @@ def calibrate_descriptor_statistics(model: nn.Module, batches: Iterable[torch.Te
         model.train()
         with torch.no_grad():
             for descriptor in descriptors:
-                row = norms[0]._corner_of(descriptor)
+                row = corner_index(descriptor)
                 if row is None:
                     raise ValueError(f"calibration descriptors must be binary, got {descriptor.tolist()}")
                 for norm in norms:

@@ -29,6 +29,7 @@ from aiaudio.nn.hyper import (
     DescriptorContext,
     StackedBatchNorm2d,
     check_descriptor,
+    corner_index,
     stack_groups,
     unstack_groups,
 )
@@ -317,6 +318,8 @@ class HyperResNet(_ResNet):
         if i.dim() == 2 and i.shape[0] > 1 and self.training:
             raise ValueError("per-group descriptors need the model in eval mode (BatchNorm would mix the groups)")
         self.descriptor_context.descriptor = i if i.dim() == 1 or i.shape[0] > 1 else i[0]
+        if self.training and self.descriptor_statistics:  # the corner whose statistics this pass updates, read once
+            self.descriptor_context.row = corner_index(self.descriptor_context.descriptor)
         try:
             if i.dim() == 1 or i.shape[0] == 1:
                 return self._blocks(stem, i if i.dim() == 1 else i[0])
@@ -325,6 +328,7 @@ class HyperResNet(_ResNet):
             return unstack_groups(self._blocks(stack_groups(stem, groups), i), groups)
         finally:
             self.descriptor_context.descriptor = None
+            self.descriptor_context.row = None
 
     def forward_after_stem(self, stem: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
         """Pooled features from a stem output: ``forward(x, i) == forward_after_stem(forward_stem(x), i)``."""

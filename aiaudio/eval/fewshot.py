@@ -136,20 +136,21 @@ class FewshotEvaluator:
         results = run_episodes(encoder, self.pool, self.val_episodes, config, start, self.device)
         return results.descriptors.mean(0).cpu()
 
-    def best_binary(self, model: PretrainedEncoder) -> tuple[torch.Tensor, dict[str, float]]:
+    def best_binary(self, model: PretrainedEncoder) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
         """The binary descriptor of ``model``'s space whose features score best on the validation episodes (the
-        head's first sweep setting), and every candidate's validation accuracy by name."""
+        head's first sweep setting), its feature table, and every candidate's validation accuracy by name."""
         config = with_overrides(self.learner, **self.sweep.settings(False)[0])
         scores: dict[str, float] = {}
-        best: tuple[float, torch.Tensor] | None = None
+        best: tuple[float, torch.Tensor, torch.Tensor] | None = None
         for descriptor in model.space.table:
-            table = FrozenFeatures(self.features(model, descriptor))
-            score = float(run_episodes(table, self.pool, self.val_episodes, config, descriptor, self.device).accuracy.mean())
+            table = self.features(model, descriptor)
+            episodes = run_episodes(FrozenFeatures(table), self.pool, self.val_episodes, config, descriptor, self.device)
+            score = float(episodes.accuracy.mean())
             scores[descriptor_label(model.space, descriptor)] = score
             if best is None or score > best[0]:
-                best = (score, descriptor)
+                best = (score, descriptor, table)
         assert best is not None, "an invariance space always has at least one descriptor"
-        return best[1].clone(), scores
+        return best[1].clone(), best[2], scores
 
     def features(self, model: PretrainedEncoder, descriptor: torch.Tensor | None) -> torch.Tensor:
         """Features of every evaluation segment at one descriptor (None: a plain encoder), cached on disk per
@@ -235,9 +236,9 @@ def evaluate_encoder(
                 descriptor = evaluator.validation_invariance(learned_plan.encoder, learned_plan.start, setting)
                 rows.append(selected_row(evaluator, model, descriptor, "i = learned on validation"))
             elif choice == "binary":
-                descriptor, scores = evaluator.best_binary(model)
+                descriptor, table, scores = evaluator.best_binary(model)
                 row = selected_row(evaluator, model, descriptor,
-                                   f"i = best on validation ({descriptor_label(model.space, descriptor)})")
+                                   f"i = best on validation ({descriptor_label(model.space, descriptor)})", table)
                 rows.append({**row, "candidates": scores})
     if sklearn:
         descriptor = next((plan.descriptor for plan in plans if plan.kind == "fixed"), None)
@@ -245,10 +246,11 @@ def evaluate_encoder(
     return rows
 
 
-def selected_row(evaluator: FewshotEvaluator, model: PretrainedEncoder, descriptor: torch.Tensor, readout: str
-                 ) -> dict[str, Any]:
-    """The row of a set-wide invariance chosen on validation episodes: test episodes on features at ``descriptor``."""
-    plan_encoder = FrozenFeatures(evaluator.features(model, descriptor))
+def selected_row(evaluator: FewshotEvaluator, model: PretrainedEncoder, descriptor: torch.Tensor, readout: str,
+                 table: torch.Tensor | None = None) -> dict[str, Any]:
+    """The row of a set-wide invariance chosen on validation episodes: test episodes on features at ``descriptor``
+    (``table``, when they were computed already)."""
+    plan_encoder = FrozenFeatures(table if table is not None else evaluator.features(model, descriptor))
     return {"model": "amortised", "readout": readout, "descriptor": descriptor.tolist(),
             **evaluator.evaluate(plan_encoder, descriptor), "chosen_i": descriptor.tolist()}
 

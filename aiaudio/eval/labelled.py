@@ -228,7 +228,7 @@ def run_readouts(
     """Fit and score every plan (``learned``, ``fixed:<text>``, ``plain``); the summaries by name."""
     results: dict[str, dict[str, Any]] = {}
     for plan in plans:
-        name = plan.kind if plan.kind != "fixed" else f"fixed:{plan.text}"
+        name = plan.name
         log.info("readout %s: %d training and %d test items", name, len(train), len(test))
         started = time.perf_counter()
         result = linear_readout(plan.encoder, data, train, test, learner, sweep, plan.start, val_fraction, seed, device)
@@ -262,10 +262,9 @@ def lowshot_readouts(
             split_seed = mix_seed(seed, _LOWSHOT_STREAM, split)
             _, subset = split_off(train, fraction, split_seed, None if strata is None else strata[train])
             for plan in plans:
-                name = plan.kind if plan.kind != "fixed" else f"fixed:{plan.text}"
                 result = linear_readout(plan.encoder, data, subset, test, learner, sweep, plan.start, val_fraction,
                                         split_seed, device)
-                scores.setdefault(name, []).append(result.test_score)
+                scores.setdefault(plan.name, []).append(result.test_score)
         for name, values in scores.items():
             summary = mean_ci(values)
             results.setdefault(name, {})[f"{fraction:g}"] = {

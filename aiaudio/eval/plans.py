@@ -33,6 +33,11 @@ class ReadoutPlan:
     start: torch.Tensor | None
     encoder: EpisodeEncoder
 
+    @property
+    def name(self) -> str:
+        """How reports name the readout: ``learned``, ``plain`` or ``fixed:<text>``."""
+        return f"fixed:{self.text}" if self.kind == "fixed" else self.kind
+
 
 def fixed_descriptor(model: PretrainedEncoder, text: str, position: int) -> torch.Tensor:
     """Descriptor ``fixed[position]`` (``"all"``, ``"none"``, K numbers or every factor named); an error names it."""

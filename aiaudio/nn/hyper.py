@@ -182,23 +182,17 @@ class StackedBatchNorm2d(nn.BatchNorm2d):
         descriptor = self.context.descriptor if self.context is not None else None
         channels = x.shape[1]
         stacked = not (channels == self.num_features or x.dim() != 4 or channels % self.num_features != 0)
+        if stacked and (self.training or self.running_mean is None):
+            raise ValueError("stacked groups (per-group descriptors) need BatchNorm in eval mode with running statistics")
         if self.training:
-            if stacked:
-                raise ValueError("stacked groups (per-group descriptors) need BatchNorm in eval mode with running "
-                                 "statistics")
             row = self.context.row if self.context is not None else None
             if row is not None and self.track_running_stats:
                 self._update_descriptor_statistics(x, row)
             return super().forward(x)
-        if self.running_mean is None:
-            if stacked:
-                raise ValueError("stacked groups (per-group descriptors) need BatchNorm in eval mode with running "
-                                 "statistics")
+        if self.running_mean is None or (descriptor is None and not stacked):
             return super().forward(x)
         groups = channels // self.num_features if stacked else 1
         if descriptor is None:
-            if not stacked:
-                return super().forward(x)
             mean, var = self.running_mean.repeat(groups), self.running_var.repeat(groups)
         else:
             mean, var = self._descriptor_statistics(descriptor.reshape(-1, descriptor.shape[-1]))

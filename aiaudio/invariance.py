@@ -71,6 +71,15 @@ class InvarianceSpace:
         """
         return self.sample(generator_for(seed, step, _DESCRIPTOR_STREAM))
 
+    def descriptors_for_step(self, seed: int, step: int, count: int) -> torch.Tensor:
+        """``count`` descriptors ``[count, K]`` of training step ``step``, a pure function of (seed, step, count): the
+        first is :meth:`descriptor_for_step`, the others independent uniform draws from the table."""
+        if count < 1:
+            raise ValueError(f"count must be >= 1, got {count}")
+        rows = [self.descriptor_for_step(seed, step)]
+        rows += [self.sample(generator_for(seed, step, _DESCRIPTOR_STREAM, group)) for group in range(1, count)]
+        return torch.stack(rows)
+
     def all_on(self) -> torch.Tensor:
         """The descriptor with every factor on (full invariance)."""
         return torch.ones(self.dim)

@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import json
@@ -43,6 +44,7 @@ from aiaudio.nn.registry import create_encoder
 
 ENCODER_RECORD = "encoder.json"
 RECORD_FORMAT = 1
+_REFERENCE_CACHE_SIZE = 256  # descriptors whose reference statistics are kept
 _TRUSTED_PACKAGES = ("aiaudio", "aivision")
 
 #: ``kind -> builder(config mapping) -> nn.Module``: how each input transform is rebuilt from a record.
@@ -185,6 +187,52 @@ class PretrainedEncoder(nn.Module):
         self.amortised = amortised
         self.source = source
         self.num_features: int = encoder.num_features
+        self.reference: torch.Tensor | None = None  # stem outputs of the reference batch (see use_reference)
+        self.reference_name = "running"
+        self._reference_cache: dict[tuple, object] = {}
+
+    @property
+    def measures_statistics(self) -> bool:
+        """Whether the encoder's normalisation statistics can be measured at a descriptor (a Hyper-ResNet's can)."""
+        return self.amortised and hasattr(self.encoder, "reference_statistics")
+
+    @torch.no_grad()
+    def use_reference(self, raw: torch.Tensor | None, name: str = "reference") -> None:
+        """Normalise at every descriptor with BatchNorm statistics measured on ``raw`` (a batch of raw inputs,
+        e.g. 256 training examples) at that very descriptor, instead of the running statistics, which pretraining
+        averaged over every descriptor it drew and which fit none of them. None goes back to the running statistics.
+        ``name`` identifies the reference in feature caches (:meth:`statistics_name`). A no-op for encoders without
+        such statistics (plain encoders, Prompt-ViTs)."""
+        self._reference_cache.clear()
+        if raw is None or not self.measures_statistics:
+            self.reference, self.reference_name = None, "running"
+            return
+        if len(raw) < 2:
+            raise ValueError(f"a reference batch needs at least 2 examples, got {len(raw)}")
+        self.reference = self.forward_stem(self.inputs(raw))
+        self.reference_name = name
+
+    def statistics_name(self) -> str:
+        """What the features' normalisation statistics are: ``running`` or the reference's name."""
+        return self.reference_name
+
+    def _statistics(self, i: torch.Tensor | None) -> Any:
+        """The reference statistics at ``i`` (cached for descriptors that need no gradient), or None."""
+        if self.reference is None or i is None:
+            return None
+        if i.requires_grad and torch.is_grad_enabled():
+            return self.encoder.reference_statistics(self.reference, i)
+        key = (tuple(i.shape), tuple(i.detach().flatten().tolist()))
+        if key not in self._reference_cache:
+            if len(self._reference_cache) >= _REFERENCE_CACHE_SIZE:
+                self._reference_cache.clear()
+            with torch.no_grad():
+                self._reference_cache[key] = self.encoder.reference_statistics(self.reference, i.detach())
+        return self._reference_cache[key]
+
+    def _using(self, i: torch.Tensor | None) -> Any:
+        statistics = self._statistics(i)
+        return self.encoder.using_statistics(statistics) if statistics is not None else contextlib.nullcontext()
 
     def train(self, mode: bool = True) -> PretrainedEncoder:
         """Always eval: BatchNorm statistics and the weights stay frozen."""
@@ -216,15 +264,14 @@ class PretrainedEncoder(nn.Module):
     def embed(self, raw: torch.Tensor, invariance: Invariance = None, batch_size: int = 64) -> torch.Tensor:
         """Features ``[B, num_features]`` of raw inputs at one invariance, in batches."""
         descriptor = self.descriptor(invariance).to(self.device)
-        chunks = [
-            self.encoder(self.inputs(raw[start : start + batch_size]), descriptor)
-            for start in range(0, max(len(raw), 1), batch_size)
-        ]
+        chunks = [self(self.inputs(raw[start : start + batch_size]), descriptor)
+                  for start in range(0, max(len(raw), 1), batch_size)]
         return torch.cat(chunks).float()
 
     def forward(self, x: torch.Tensor, i: torch.Tensor | None) -> torch.Tensor:
         """Features of model inputs ``x`` for descriptor(s) ``i`` (``[K]``, or ``[G, K]`` for G groups of examples)."""
-        return self.encoder(x, i)
+        with self._using(i):
+            return self.encoder(x, i)
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         """The descriptor-independent part (the identity for an encoder without a separable stem)."""
@@ -233,7 +280,8 @@ class PretrainedEncoder(nn.Module):
 
     def forward_after_stem(self, stem: torch.Tensor, i: torch.Tensor | None) -> torch.Tensor:
         after = getattr(self.encoder, "forward_after_stem", None)
-        return after(stem, i) if after is not None else self.encoder(stem, i)
+        with self._using(i):
+            return after(stem, i) if after is not None else self.encoder(stem, i)
 
     def fingerprint(self) -> str:
         """A short hash of the weights file: cached features are keyed by it."""

@@ -60,13 +60,22 @@ class InvarianceConfig:
 
     ``min_active``: bits a pretraining descriptor has on at least; null: the modality's default (audio: 2 of the 7
     CLAR factors, 120 descriptors; images: 1 of the 2 groups, 3 descriptors, or 2 of the 5 augmentations, 26).
+
+    ``descriptors_per_step``: G; above 1 each step splits its batch into G groups with a descriptor each, and each
+    group is its own contrastive problem (SimCLR only): G times as many descriptors seen per step, with a G-th of
+    the negatives each.
     """
 
     mode: str = "amortised"
     min_active: int | None = None
     fixed: list[float] | None = None
+    descriptors_per_step: int = 1
 
     def __post_init__(self) -> None:
+        if self.descriptors_per_step < 1:
+            raise ValueError(f"invariance.descriptors_per_step must be >= 1, got {self.descriptors_per_step}")
+        if self.descriptors_per_step > 1 and self.mode != "amortised":
+            raise ValueError("invariance.descriptors_per_step > 1 needs invariance.mode=amortised")
         if self.mode not in ("amortised", "fixed"):
             raise ValueError(f"invariance.mode must be amortised or fixed, got {self.mode!r}")
         if self.mode == "amortised" and self.fixed is not None:
@@ -215,8 +224,12 @@ def build_pretrainer(
     encoder = create_encoder(model.encoder, kwargs)
     fixed = fixed_descriptor(space, invariance)
     descriptors = space.table if fixed is None else fixed.unsqueeze(0)
+    if invariance.descriptors_per_step > 1 and method.name != "simclr":
+        raise ConfigError(f"invariance.descriptors_per_step > 1 is implemented for method.name=simclr, not "
+                          f"{method.name!r}")
     pretrainer = ContrastivePretrainer(
-        views, build_method(method, model, encoder, descriptors), space, seed, fixed, channels_last=channels_last
+        views, build_method(method, model, encoder, descriptors), space, seed, fixed, channels_last=channels_last,
+        descriptors_per_step=invariance.descriptors_per_step,
     )
     record = encoder_record(
         pretrainer, encoder, model.encoder, kwargs, space, transform, transform_kind, transform_config

@@ -161,6 +161,10 @@ class TrainingModule(nn.Module):
         """The submodule ``trainer.compile`` hands to ``torch.compile`` (the whole module by default)."""
         return self
 
+    def batch_groups(self) -> int:
+        """Into how many equal groups of at least 2 examples each step splits a rank's batch (1 by default)."""
+        return 1
+
     def unused_parameters_possible(self) -> bool:
         """Whether a step may leave some parameters without gradients (DDP then looks for them each step)."""
         return False
@@ -218,6 +222,12 @@ class Trainer:
             raise ConfigError(
                 f"trainer.batch_size={config.batch_size} must split into at least 2 examples on each of "
                 f"{dist_info.world_size} ranks"
+            )
+        groups = model.batch_groups()
+        if per_rank % groups or per_rank // groups < 2:
+            raise ConfigError(
+                f"trainer.batch_size={config.batch_size} gives {per_rank} examples per rank, which cannot split into "
+                f"{groups} groups of at least 2 (invariance.descriptors_per_step): use a multiple of {2 * groups}"
             )
         self.extra_files = dict(extra_files or {})
         if dist_info.is_main:

@@ -43,6 +43,9 @@ class ContrastivePretrainer(TrainingModule):
         seed: the run's seed.
         fixed_descriptor: when given, every step uses it (the non-amortised baseline).
         channels_last: hand the views to the method in channels_last memory format.
+        descriptors_per_step: G; above 1 the batch is split into G equal groups of consecutive examples, each with its
+            own descriptor (:meth:`~aiaudio.invariance.InvarianceSpace.descriptors_for_step`), its own views and its
+            own contrastive loss, and the method gets the descriptors ``[G, K]`` (amortised runs only).
     """
 
     def __init__(
@@ -53,8 +56,14 @@ class ContrastivePretrainer(TrainingModule):
         seed: int,
         fixed_descriptor: torch.Tensor | None = None,
         channels_last: bool = False,
+        descriptors_per_step: int = 1,
     ) -> None:
         super().__init__()
+        if descriptors_per_step < 1:
+            raise ValueError(f"descriptors_per_step must be >= 1, got {descriptors_per_step}")
+        if descriptors_per_step > 1 and fixed_descriptor is not None:
+            raise ValueError("several descriptors per step need an amortised run (a fixed run has one descriptor)")
+        self.descriptors_per_step = descriptors_per_step
         self.views = views
         self.method = method
         self.space = space
@@ -66,10 +75,13 @@ class ContrastivePretrainer(TrainingModule):
         self.method.after_step(step, total_steps)
 
     def step_label(self, step: int) -> str:
-        return self.space.name_of(self.descriptor(step))
+        return " | ".join(self.space.name_of(d) for d in self.descriptors(step))
 
     def compile_target(self) -> nn.Module:
         return self.method
+
+    def batch_groups(self) -> int:
+        return self.descriptors_per_step
 
     def unused_parameters_possible(self) -> bool:
         return self.method.unused_parameters_possible()
@@ -80,13 +92,29 @@ class ContrastivePretrainer(TrainingModule):
             return self.fixed_descriptor.clone()
         return self.space.descriptor_for_step(self.seed, step)
 
+    def descriptors(self, step: int) -> torch.Tensor:
+        """The descriptors of ``step``, ``[G, K]`` (CPU, float32; G = ``descriptors_per_step``)."""
+        if self.descriptors_per_step == 1:
+            return self.descriptor(step).unsqueeze(0)
+        return self.space.descriptors_for_step(self.seed, step, self.descriptors_per_step)
+
     def forward(self, batch: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
         device = batch.device
-        descriptor = self.descriptor(step)  # stays on the CPU for the view maker: reading its bits costs no sync
         rank, _ = rank_and_world()
         generator = generator_for(self.seed, step, rank, _VIEW_STREAM, device=device)
-        with torch.autocast(device_type=device.type, enabled=False), torch.no_grad():
-            view1, view2 = self.views(batch, descriptor, generator)
+        groups = self.descriptors_per_step
+        if groups == 1:
+            descriptor = self.descriptor(step)  # stays on the CPU for the view maker: reading its bits costs no sync
+            with torch.autocast(device_type=device.type, enabled=False), torch.no_grad():
+                view1, view2 = self.views(batch, descriptor, generator)
+        else:
+            if batch.shape[0] % groups or batch.shape[0] // groups < 2:
+                raise ValueError(f"a batch of {batch.shape[0]} cannot be split into {groups} groups of at least 2 "
+                                 "examples: make the per-rank batch size a multiple of descriptors_per_step")
+            descriptor = self.descriptors(step)
+            with torch.autocast(device_type=device.type, enabled=False), torch.no_grad():
+                pairs = [self.views(part, d, generator) for part, d in zip(batch.chunk(groups), descriptor)]
+            view1, view2 = torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
         descriptor = descriptor.to(device, non_blocking=True)
         if self.channels_last and view1.dim() == 4:
             view1 = view1.contiguous(memory_format=torch.channels_last)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -80,13 +81,37 @@ def grouped_conv2d(
 
 class DescriptorContext:
     """The descriptor a Hyper-ResNet is running at, shared with its BatchNorm layers for the length of one forward
-    call (``[K]``, or ``[G, K]`` for stacked groups; None outside a call), and whether training passes update the
-    per-descriptor statistics as cumulative averages (calibration) instead of moving averages."""
+    call (``[K]``, or ``[G, K]`` for stacked groups; None outside a call), whether training passes update the
+    per-descriptor statistics as cumulative averages (calibration) instead of moving averages, and the reference
+    statistics of an eval-mode pass (see :class:`ReferenceStatistics`)."""
 
     def __init__(self) -> None:
         self.descriptor: torch.Tensor | None = None
         self.row: int | None = None  # the descriptor's corner when it is binary and a training pass runs (else None)
         self.cumulative = False
+        self.recording: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # eval-mode norms append their batch's
+        self.statistics: ReferenceStatistics | None = None  # eval-mode norms normalise with these, in layer order
+        self.layer = 0  # the next norm's index into ``statistics`` during a forward call
+
+
+@dataclass(frozen=True)
+class ReferenceStatistics:
+    """Each block BatchNorm's mean and variance on a reference batch at a descriptor (or G descriptors): the
+    statistics a train-mode pass at exactly that descriptor would normalise with, for any continuous ``i``.
+
+    Running statistics of a Hyper-ResNet are averaged over every descriptor pretraining drew, and a descriptor's
+    activation statistics are not a smooth (multilinear or quadratic) function of ``i`` that a table of corners could
+    interpolate; measuring them on reference data at the descriptor itself is exact.
+
+    Attributes:
+        means, variances: one ``[C]`` (one descriptor) or ``[G * C]`` (G stacked groups) tensor per block norm, in
+            forward order; biased variances, as a training pass normalises with.
+        descriptor: the descriptor(s) they were measured at, ``[K]`` or ``[G, K]``.
+    """
+
+    means: tuple[torch.Tensor, ...]
+    variances: tuple[torch.Tensor, ...]
+    descriptor: torch.Tensor
 
 
 def corner_index(descriptor: torch.Tensor) -> int | None:
@@ -129,6 +154,7 @@ class StackedBatchNorm2d(nn.BatchNorm2d):
     """
 
     context: DescriptorContext | None = None
+    tracking = False  # keeps per-descriptor statistics (track_descriptors)
 
     def track_descriptors(self, inv_dim: int, context: DescriptorContext) -> None:
         """Keep running statistics per binary descriptor of length ``inv_dim``, reading the descriptor from ``context``."""
@@ -136,6 +162,7 @@ class StackedBatchNorm2d(nn.BatchNorm2d):
             raise ValueError(f"per-descriptor statistics need 1 <= K <= {MAX_STATISTICS_DIM}, got K = {inv_dim}")
         corners = torch.tensor(list(itertools.product((0.0, 1.0), repeat=inv_dim)), dtype=torch.float32)
         self.context = context
+        self.tracking = True
         self.register_buffer("descriptor_corners", corners, persistent=False)
         self.register_buffer("descriptor_mean", torch.zeros(len(corners), self.num_features))
         self.register_buffer("descriptor_var", torch.ones(len(corners), self.num_features))
@@ -145,7 +172,7 @@ class StackedBatchNorm2d(nn.BatchNorm2d):
                               error_msgs) -> None:  # type: ignore[no-untyped-def]
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
-        if self.context is not None:  # a checkpoint without per-descriptor statistics: the shared ones serve
+        if self.tracking:  # a checkpoint without per-descriptor statistics: the shared ones serve
             for name in ("descriptor_mean", "descriptor_var", "descriptor_seen"):
                 if prefix + name in missing_keys:
                     missing_keys.remove(prefix + name)
@@ -182,16 +209,35 @@ class StackedBatchNorm2d(nn.BatchNorm2d):
         descriptor = self.context.descriptor if self.context is not None else None
         channels = x.shape[1]
         stacked = not (channels == self.num_features or x.dim() != 4 or channels % self.num_features != 0)
-        if stacked and (self.training or self.running_mean is None):
-            raise ValueError("stacked groups (per-group descriptors) need BatchNorm in eval mode with running statistics")
+        if stacked and self.training:
+            return self._train_stacked(x, channels // self.num_features)
         if self.training:
             row = self.context.row if self.context is not None else None
-            if row is not None and self.track_running_stats:
+            if row is not None and self.tracking and self.track_running_stats:
                 self._update_descriptor_statistics(x, row)
             return super().forward(x)
+        groups = channels // self.num_features if stacked else 1
+        context = self.context
+        if context is not None and context.recording is not None:
+            mean, var = x.float().mean((0, 2, 3)), x.float().var((0, 2, 3), unbiased=False)
+            context.recording.append((mean, var))
+            return self._normalise(x, mean, var, groups)
+        if context is not None and context.statistics is not None:
+            index, context.layer = context.layer, context.layer + 1
+            means = context.statistics.means
+            if index >= len(means) or means[index].numel() not in (channels, self.num_features):
+                raise ValueError(f"reference statistics do not fit BatchNorm layer {index} ({self.num_features} "
+                                 "channels): they were measured on another model")
+            mean, var = means[index], context.statistics.variances[index]
+            if mean.numel() != channels:  # measured at one descriptor, run on stacked groups of it
+                mean, var = mean.repeat(groups), var.repeat(groups)
+            return self._normalise(x, mean, var, groups)
+        if stacked and self.running_mean is None:
+            raise ValueError("stacked groups (per-group descriptors) need running or reference BatchNorm statistics")
+        if not self.tracking:
+            descriptor = None
         if self.running_mean is None or (descriptor is None and not stacked):
             return super().forward(x)
-        groups = channels // self.num_features if stacked else 1
         if descriptor is None:
             mean, var = self.running_mean.repeat(groups), self.running_var.repeat(groups)
         else:
@@ -199,6 +245,27 @@ class StackedBatchNorm2d(nn.BatchNorm2d):
             mean, var = mean.reshape(-1), var.reshape(-1)
             if mean.numel() != channels:  # one descriptor for stacked groups of the same descriptor
                 mean, var = mean.repeat(groups), var.repeat(groups)
+        return self._normalise(x, mean, var, groups)
+
+    def _train_stacked(self, x: torch.Tensor, groups: int) -> torch.Tensor:
+        """A training pass over G groups stacked along channels: each group normalised with its own batch
+        statistics; the running statistics move towards the groups' average (per-descriptor statistics are not
+        updated: a step with several descriptors is no corner's)."""
+        weight = self.weight.repeat(groups) if self.weight is not None else None
+        bias = self.bias.repeat(groups) if self.bias is not None else None
+        if self.running_mean is not None and self.track_running_stats:
+            with torch.no_grad():
+                count = x.numel() // x.shape[1]
+                mean = x.float().mean((0, 2, 3)).view(groups, -1).mean(0)
+                var = x.float().var((0, 2, 3), unbiased=count > 1).view(groups, -1).mean(0)
+                self.num_batches_tracked += 1
+                rate = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                self.running_mean.lerp_(mean, rate)
+                self.running_var.lerp_(var, rate)
+        return F.batch_norm(x, None, None, weight, bias, True, 0.0, self.eps)
+
+    def _normalise(self, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, groups: int) -> torch.Tensor:
+        """``x`` normalised with per-channel ``mean`` and ``var`` (``[groups * C]``) and the affine parameters."""
         weight = self.weight.repeat(groups) if self.weight is not None else torch.ones_like(mean)
         bias = self.bias.repeat(groups) if self.bias is not None else torch.zeros_like(mean)
         scale = weight * torch.rsqrt(var + self.eps)
@@ -213,7 +280,7 @@ def calibrate_descriptor_statistics(model: nn.Module, batches: Iterable[torch.Te
     ``descriptors`` ``[D, K]`` (train-mode passes without gradients; weights and every shared running statistic,
     the stem's too, unchanged);
     ``forward(x, i)`` runs the model (default ``model(x, i)``). Returns the number of layers calibrated."""
-    norms = [m for m in model.modules() if isinstance(m, StackedBatchNorm2d) and m.context is not None]
+    norms = [m for m in model.modules() if isinstance(m, StackedBatchNorm2d) and m.tracking]
     if not norms:
         raise ValueError("the model keeps no per-descriptor BatchNorm statistics to calibrate")
     batches = list(batches)

@@ -15,6 +15,7 @@ with ``timm.create_model`` (build encoders with :func:`aiaudio.nn.create_encoder
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import timm
@@ -27,6 +28,7 @@ from aiaudio.nn.hyper import (
     HyperConv2d,
     InvarianceEmbedding,
     DescriptorContext,
+    ReferenceStatistics,
     StackedBatchNorm2d,
     check_descriptor,
     corner_index,
@@ -297,17 +299,18 @@ class HyperResNet(_ResNet):
         self.dependence = dependence
         self.descriptor_statistics = descriptor_statistics
         self.descriptor_context = DescriptorContext()
-        if descriptor_statistics:
-            for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
-                for module in stage.modules():
-                    if isinstance(module, StackedBatchNorm2d):
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            for module in stage.modules():
+                if isinstance(module, StackedBatchNorm2d):
+                    module.context = self.descriptor_context
+                    if descriptor_statistics:
                         module.track_descriptors(inv_dim, self.descriptor_context)
 
     def forward_features(self, x: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
         """Feature map ``[B, num_features, H / 32, W / 32]`` of ``x`` ``[B, in_chans, H, W]`` for descriptor ``i``.
 
         ``i`` is ``[K]`` for the whole batch, or ``[G, K]``: G equal groups of consecutive examples, each with its own
-        descriptor (BatchNorm must then be in eval mode, or its batch statistics would mix the groups).
+        descriptor (in training, each group's BatchNorm statistics are its own).
         """
         self._check_input(x)
         return self.forward_after_stem_features(resnet_stem(self, x), i)
@@ -315,20 +318,59 @@ class HyperResNet(_ResNet):
     def forward_after_stem_features(self, stem: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
         """The residual stages applied to a stem output (see :meth:`forward_stem`) for descriptor(s) ``i``."""
         check_descriptor(i, self.inv_dim, stem.shape[0])
-        if i.dim() == 2 and i.shape[0] > 1 and self.training:
-            raise ValueError("per-group descriptors need the model in eval mode (BatchNorm would mix the groups)")
-        self.descriptor_context.descriptor = i if i.dim() == 1 or i.shape[0] > 1 else i[0]
+        context = self.descriptor_context
+        if (context.statistics is not None or context.recording is not None) and self.training:
+            raise ValueError("reference BatchNorm statistics are for eval mode (a training pass uses its batch's)")
+        context.descriptor = i if i.dim() == 1 or i.shape[0] > 1 else i[0]
         if self.training and self.descriptor_statistics:  # the corner whose statistics this pass updates, read once
-            self.descriptor_context.row = corner_index(self.descriptor_context.descriptor)
+            context.row = corner_index(context.descriptor)
+        context.layer = 0
         try:
             if i.dim() == 1 or i.shape[0] == 1:
-                return self._blocks(stem, i if i.dim() == 1 else i[0])
-            # The groups run stacked along channels: every block convolution is one grouped convolution, no copies.
-            groups = i.shape[0]
-            return unstack_groups(self._blocks(stack_groups(stem, groups), i), groups)
+                out = self._blocks(stem, i if i.dim() == 1 else i[0])
+            else:
+                # The groups run stacked along channels: every block convolution is one grouped convolution.
+                groups = i.shape[0]
+                out = unstack_groups(self._blocks(stack_groups(stem, groups), i), groups)
+            if context.statistics is not None and context.layer != len(context.statistics.means):
+                raise ValueError(f"reference statistics hold {len(context.statistics.means)} layers, the model "
+                                 f"normalised {context.layer}: they were measured on another model")
+            return out
         finally:
-            self.descriptor_context.descriptor = None
-            self.descriptor_context.row = None
+            context.descriptor = None
+            context.row = None
+
+    def reference_statistics(self, stem: torch.Tensor, i: torch.Tensor) -> ReferenceStatistics:
+        """Every block BatchNorm's statistics on a reference batch at descriptor(s) ``i``, for
+        :meth:`using_statistics`: ``stem`` is the reference batch's stem output ``[n, C, H, W]`` (see
+        :meth:`forward_stem`), ``i`` is ``[K]`` or ``[G, K]`` (the batch is then measured at each of the G
+        descriptors). Needs eval mode; differentiable in ``i`` when gradients are on."""
+        if self.training:
+            raise ValueError("reference statistics are measured in eval mode")
+        check_descriptor(i, self.inv_dim)
+        groups = i.shape[0] if i.dim() == 2 and i.shape[0] > 1 else 1
+        context = self.descriptor_context
+        if context.statistics is not None:
+            raise ValueError("reference statistics cannot be measured while others are in use")
+        context.recording = []
+        try:
+            self.forward_after_stem_features(stem.repeat(groups, 1, 1, 1) if groups > 1 else stem, i)
+            means, variances = zip(*context.recording)
+        finally:
+            context.recording = None
+        return ReferenceStatistics(tuple(means), tuple(variances), i.detach())
+
+    @contextmanager
+    def using_statistics(self, statistics: ReferenceStatistics | None) -> Iterator[None]:
+        """Within the block, eval-mode passes normalise every block BatchNorm with ``statistics`` (from
+        :meth:`reference_statistics`; for stacked groups, measured at the same G descriptors or at one) instead of the
+        running statistics. None changes nothing."""
+        context = self.descriptor_context
+        previous, context.statistics = context.statistics, statistics
+        try:
+            yield
+        finally:
+            context.statistics = previous
 
     def forward_after_stem(self, stem: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
         """Pooled features from a stem output: ``forward(x, i) == forward_after_stem(forward_stem(x), i)``."""

@@ -312,8 +312,6 @@ def test_bad_shapes_raise_clear_value_errors():
     x = torch.randn(2, 1, 32, 32)
     with pytest.raises(ValueError, match=r"shape \[3\]"):
         model(x, torch.ones(4))
-    with pytest.raises(ValueError, match="eval mode"):
-        model.train()(x, torch.ones(2, 3))
     with pytest.raises(ValueError, match="equal groups"):
         model.eval()(torch.randn(3, 1, 32, 32), torch.ones(2, 3))
     with pytest.raises(ValueError, match=r"\[G, 3\]"):
@@ -358,8 +356,16 @@ def test_stacked_batchnorm_normalises_each_group_like_batchnorm():
     x = torch.randn(2, 6, 4, 4)
     expected = torch.cat([F.batch_norm(x[:, 3 * g : 3 * g + 3], norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps) for g in range(2)], 1)
     torch.testing.assert_close(norm(x), expected)
-    with pytest.raises(ValueError, match="eval mode"):
-        norm.train()(x)
+    # Training: each group normalised with its own batch statistics; the running ones move to the groups' average.
+    before = norm.running_mean.clone(), norm.running_var.clone()
+    separate = [nn.BatchNorm2d(3).train() for _ in range(2)]
+    for g, twin in enumerate(separate):
+        twin.load_state_dict({k: v for k, v in norm.state_dict().items()})
+    expected = torch.cat([twin(x[:, 3 * g : 3 * g + 3]) for g, twin in enumerate(separate)], 1)
+    torch.testing.assert_close(norm.train()(x), expected)
+    torch.testing.assert_close(norm.running_mean, (separate[0].running_mean + separate[1].running_mean) / 2)
+    torch.testing.assert_close(norm.running_var, (separate[0].running_var + separate[1].running_var) / 2)
+    assert not torch.equal(norm.running_mean, before[0]) and not torch.equal(norm.running_var, before[1])
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])

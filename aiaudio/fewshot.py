@@ -154,7 +154,8 @@ def run_fewshot(config: FewshotConfig) -> dict[str, Any]:
         raise ConfigError("give checkpoint=RUN_DIR (and/or baseline=RUN_DIR) to evaluate")
     device = resolve_device(config.device)
     data = load_evaluation_data(config.data, config.episodes.seed, config.progress, device)
-    evaluator = FewshotEvaluator(config.episodes, config.learner, config.sweep, data.episode_data(device), device)
+    evaluator = FewshotEvaluator(config.episodes, config.learner, config.sweep, data.episode_data(device), device,
+                                 config.statistics)
     rows: list[dict[str, Any]] = []
     names: tuple[str, ...] = ()
     if config.checkpoint:

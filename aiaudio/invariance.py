@@ -57,27 +57,50 @@ class InvarianceSpace:
     def __repr__(self) -> str:
         return f"InvarianceSpace(names={list(self.names)}, min_active={self.min_active}, descriptors={len(self)})"
 
-    def sample(self, generator: torch.Generator) -> torch.Tensor:
-        """Draw one descriptor uniformly from the table (float32, shape ``[K]``, on the CPU)."""
+    def sample(self, generator: torch.Generator, probabilities: torch.Tensor | None = None) -> torch.Tensor:
+        """Draw one descriptor from the table (float32, shape ``[K]``, on the CPU): uniformly, or with
+        ``probabilities`` ``[len(self)]`` (see :meth:`sampling_probabilities`)."""
         if len(self) == 0:
             raise ValueError(f"{self!r} has no descriptors to sample")
-        row = int(torch.randint(len(self), (1,), generator=generator).item())
+        if probabilities is None:
+            row = int(torch.randint(len(self), (1,), generator=generator).item())
+        else:
+            row = int(torch.multinomial(probabilities, 1, generator=generator).item())
         return self.table[row].clone()
 
-    def descriptor_for_step(self, seed: int, step: int) -> torch.Tensor:
-        """The descriptor of training step ``step``: a pure function of (seed, step).
+    def sampling_probabilities(self, bits_power: float = 0.0, all_on: float = 0.0) -> torch.Tensor | None:
+        """Probabilities ``[len(self)]`` of drawing each descriptor of the table: the all-on descriptor with
+        probability ``all_on`` outright, otherwise a descriptor with weight ``(active bits) ** bits_power`` (0: uniform,
+        1: in proportion to its active bits). None when both are 0 (uniform: :meth:`sample`'s own draw)."""
+        if bits_power < 0 or not 0.0 <= all_on <= 1.0:
+            raise ValueError(f"bits_power must be >= 0 and all_on in [0, 1], got {bits_power} and {all_on}")
+        if bits_power == 0 and all_on == 0:
+            return None
+        bits = self.table.sum(1).double()
+        weights = bits.clamp_min(1e-12) ** bits_power if bits_power > 0 else torch.ones_like(bits)
+        probabilities = (1.0 - all_on) * weights / weights.sum()
+        full = bits == self.dim
+        if not bool(full.any()):
+            raise ValueError(f"{self!r} has no all-on descriptor to favour")
+        probabilities[full] += all_on
+        return probabilities.float()
+
+    def descriptor_for_step(self, seed: int, step: int, probabilities: torch.Tensor | None = None) -> torch.Tensor:
+        """The descriptor of training step ``step``: a pure function of (seed, step) (and ``probabilities``).
 
         Every rank of a distributed run, and a resumed run, draws the same descriptor for the same step.
         """
-        return self.sample(generator_for(seed, step, _DESCRIPTOR_STREAM))
+        return self.sample(generator_for(seed, step, _DESCRIPTOR_STREAM), probabilities)
 
-    def descriptors_for_step(self, seed: int, step: int, count: int) -> torch.Tensor:
+    def descriptors_for_step(self, seed: int, step: int, count: int,
+                             probabilities: torch.Tensor | None = None) -> torch.Tensor:
         """``count`` descriptors ``[count, K]`` of training step ``step``, a pure function of (seed, step, count): the
-        first is :meth:`descriptor_for_step`, the others independent uniform draws from the table."""
+        first is :meth:`descriptor_for_step`, the others independent draws from the table."""
         if count < 1:
             raise ValueError(f"count must be >= 1, got {count}")
-        rows = [self.descriptor_for_step(seed, step)]
-        rows += [self.sample(generator_for(seed, step, _DESCRIPTOR_STREAM, group)) for group in range(1, count)]
+        rows = [self.descriptor_for_step(seed, step, probabilities)]
+        rows += [self.sample(generator_for(seed, step, _DESCRIPTOR_STREAM, group), probabilities)
+                 for group in range(1, count)]
         return torch.stack(rows)
 
     def all_on(self) -> torch.Tensor:

@@ -29,7 +29,7 @@ import hashlib
 import importlib
 import json
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -187,7 +187,7 @@ class PretrainedEncoder(nn.Module):
         self.amortised = amortised
         self.source = source
         self.num_features: int = encoder.num_features
-        self.reference: torch.Tensor | None = None  # stem outputs of the reference batch (see use_reference)
+        self.reference: torch.Tensor | None = None  # stem outputs of the reference batch (measured_statistics)
         self.reference_name = "running"
         self._reference_cache: dict[tuple, object] = {}
 
@@ -196,24 +196,31 @@ class PretrainedEncoder(nn.Module):
         """Whether the encoder's normalisation statistics can be measured at a descriptor (a Hyper-ResNet's can)."""
         return self.amortised and hasattr(self.encoder, "reference_statistics")
 
-    @torch.no_grad()
-    def use_reference(self, raw: torch.Tensor | None, name: str = "reference") -> None:
-        """Normalise at every descriptor with BatchNorm statistics measured on ``raw`` (a batch of raw inputs,
-        e.g. 256 training examples) at that very descriptor, instead of the running statistics, which pretraining
-        averaged over every descriptor it drew and which fit none of them. None goes back to the running statistics.
-        ``name`` identifies the reference in feature caches (:meth:`statistics_name`). A no-op for encoders without
-        such statistics (plain encoders, Prompt-ViTs)."""
-        self._reference_cache.clear()
-        if raw is None or not self.measures_statistics:
-            self.reference, self.reference_name = None, "running"
+    @contextlib.contextmanager
+    def measured_statistics(self, inputs: torch.Tensor | None, name: str = "reference") -> Iterator[None]:
+        """Within the block, normalise at every descriptor with BatchNorm statistics measured on ``inputs`` (a batch
+        of model inputs as :meth:`forward` takes them, e.g. 256 training examples; :meth:`inputs` makes them from raw
+        ones) at that very descriptor, instead of the running statistics, which
+        pretraining averaged over every descriptor it drew and which fit none of them. ``name`` identifies the
+        reference (:meth:`statistics_name`, e.g. in feature caches). None, or an encoder without such statistics
+        (plain encoders, Prompt-ViTs), changes nothing. A descriptor that needs a gradient gets statistics measured
+        with one (exact, at the cost of a reference pass per call); others are cached per descriptor."""
+        if inputs is None or not self.measures_statistics:
+            yield
             return
-        if len(raw) < 2:
-            raise ValueError(f"a reference batch needs at least 2 examples, got {len(raw)}")
-        self.reference = self.forward_stem(self.inputs(raw))
-        self.reference_name = name
+        if len(inputs) < 2:
+            raise ValueError(f"a reference batch needs at least 2 examples, got {len(inputs)}")
+        previous = self.reference, self.reference_name, self._reference_cache
+        with torch.no_grad():
+            self.reference = self.forward_stem(inputs.to(self.device))
+        self.reference_name, self._reference_cache = name, {}
+        try:
+            yield
+        finally:
+            self.reference, self.reference_name, self._reference_cache = previous
 
     def statistics_name(self) -> str:
-        """What the features' normalisation statistics are: ``running`` or the reference's name."""
+        """What the features' normalisation statistics are: ``running``, or the name of the reference in use."""
         return self.reference_name
 
     def _statistics(self, i: torch.Tensor | None) -> Any:

@@ -64,14 +64,22 @@ class InvarianceConfig:
     ``descriptors_per_step``: G; above 1 each step splits its batch into G groups with a descriptor each, and each
     group is its own contrastive problem (SimCLR only): G times as many descriptors seen per step, with a G-th of
     the negatives each.
+
+    ``bits_power``, ``all_on``: how often each descriptor is drawn: the all-on descriptor with probability ``all_on``
+    outright, otherwise with weight ``(active bits) ** bits_power`` (both 0: uniformly over the table).
     """
 
     mode: str = "amortised"
     min_active: int | None = None
     fixed: list[float] | None = None
     descriptors_per_step: int = 1
+    bits_power: float = 0.0
+    all_on: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.bits_power < 0 or not 0.0 <= self.all_on <= 1.0:
+            raise ValueError(f"invariance.bits_power must be >= 0 and invariance.all_on in [0, 1], got "
+                             f"{self.bits_power} and {self.all_on}")
         if self.descriptors_per_step < 1:
             raise ValueError(f"invariance.descriptors_per_step must be >= 1, got {self.descriptors_per_step}")
         if self.descriptors_per_step > 1 and self.mode != "amortised":
@@ -230,6 +238,8 @@ def build_pretrainer(
     pretrainer = ContrastivePretrainer(
         views, build_method(method, model, encoder, descriptors), space, seed, fixed, channels_last=channels_last,
         descriptors_per_step=invariance.descriptors_per_step,
+        probabilities=None if fixed is not None else space.sampling_probabilities(invariance.bits_power,
+                                                                                  invariance.all_on),
     )
     record = encoder_record(
         pretrainer, encoder, model.encoder, kwargs, space, transform, transform_kind, transform_config

@@ -59,6 +59,29 @@ class EpisodeConfig:
 
 
 @dataclass
+class StatisticsConfig:
+    """Which BatchNorm statistics an amortised encoder's features at a fixed descriptor use.
+
+    ``source``: ``running``, the checkpoint's running statistics (pretraining averaged them over every descriptor it
+    drew, so they fit none exactly); ``reference``, statistics measured at each descriptor on ``size`` examples drawn
+    (with ``seed``) from the data the validation episodes may use, never from the test episodes' classes or clips
+    (:meth:`~aiaudio.engine.pretrained.PretrainedEncoder.measured_statistics`). Readouts that learn ``i`` per
+    episode keep the running statistics: measuring them at every step of every episode would cost a reference
+    pass each.
+    """
+
+    source: str = "running"
+    size: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.source not in ("running", "reference"):
+            raise ValueError(f"statistics.source must be running or reference, got {self.source!r}")
+        if self.size < 2:
+            raise ValueError(f"statistics.size must be >= 2 (examples in the reference batch), got {self.size}")
+
+
+@dataclass
 class FewshotRunConfig:
     """What every few-shot run sets besides its data and episodes (a modality adds ``data`` and ``episodes``):
     the amortised ``checkpoint`` and/or a plain ``baseline`` (run or checkpoint directories), the learner, its sweep,
@@ -80,6 +103,7 @@ class FewshotRunConfig:
     sklearn: bool = False
     device: str = "auto"
     selected: list[str] = field(default_factory=list)
+    statistics: StatisticsConfig = field(default_factory=StatisticsConfig)
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.selected if name not in SELECTIONS]
@@ -119,9 +143,10 @@ class FewshotEvaluator:
 
     def __init__(
         self, episodes: EpisodeConfig, learner: LearnerConfig, sweep: SweepConfig, data: EpisodeData,
-        device: torch.device,
+        device: torch.device, statistics: StatisticsConfig | None = None,
     ) -> None:
         self.learner, self.sweep, self.data, self.device = learner, sweep, data, device
+        self.statistics = statistics or StatisticsConfig()
         self.pool = data.pool
         e = episodes
         self.val_episodes = EpisodeSampler(
@@ -152,17 +177,38 @@ class FewshotEvaluator:
         assert best is not None, "an invariance space always has at least one descriptor"
         return best[1].clone(), best[2], scores
 
+    def reference_segments(self) -> torch.Tensor:
+        """The seeded reference batch of :class:`StatisticsConfig`: segments of clips the validation episodes may
+        use (their classes; their clip mask)."""
+        pool, data = self.pool, self.data
+        clips = torch.isin(pool.clip_class, torch.as_tensor(data.val_classes, dtype=torch.long))
+        if data.val_clips is not None:
+            clips &= data.val_clips.to(clips.device)
+        candidates = torch.nonzero(clips[pool.segment_clip]).flatten()
+        if len(candidates) < 2:
+            raise ValueError("statistics.source=reference needs at least 2 segments of the validation classes")
+        generator = torch.Generator().manual_seed(self.statistics.seed)
+        chosen = torch.randperm(len(candidates), generator=generator)[: self.statistics.size]
+        return candidates[chosen].sort().values
+
     def features(self, model: PretrainedEncoder, descriptor: torch.Tensor | None) -> torch.Tensor:
-        """Features of every evaluation segment at one descriptor (None: a plain encoder), cached on disk per
-        (checkpoint, data, descriptor) when the data has a feature folder and the model a checkpoint."""
+        """Features of every evaluation segment at one descriptor (None: a plain encoder), with the configured
+        statistics, cached on disk per (checkpoint, data, statistics, descriptor) when the data has a feature folder
+        and the model a checkpoint."""
         name = "plain" if descriptor is None else "-".join(f"{v:g}" for v in descriptor.tolist())
+        reference = None
+        if self.statistics.source == "reference" and descriptor is not None and model.measures_statistics:
+            reference = self.reference_segments()
+            name += f"-reference{self.statistics.size}s{self.statistics.seed}"
         path = None
         if self.data.feature_dir is not None and model.source is not None:
             path = self.data.feature_dir / f"{model.fingerprint()}-{name}.npy"
             if path.is_file():
                 return torch.from_numpy(np.load(path)).to(self.device)
         start = descriptor.to(self.device) if descriptor is not None else None
-        table = feature_table(model, self.data.inputs, self.data.num_segments, start)
+        inputs = None if reference is None else self.data.inputs(reference)
+        with model.measured_statistics(inputs):
+            table = feature_table(model, self.data.inputs, self.data.num_segments, start)
         if path is not None:
             with atomic_output(path) as tmp:
                 np.save(tmp, table.cpu().numpy())

@@ -46,6 +46,8 @@ class ContrastivePretrainer(TrainingModule):
         descriptors_per_step: G; above 1 the batch is split into G equal groups of consecutive examples, each with its
             own descriptor (:meth:`~aiaudio.invariance.InvarianceSpace.descriptors_for_step`), its own views and its
             own contrastive loss, and the method gets the descriptors ``[G, K]`` (amortised runs only).
+        probabilities: how often each descriptor of the table is drawn (None: uniformly; see
+            :meth:`~aiaudio.invariance.InvarianceSpace.sampling_probabilities`).
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class ContrastivePretrainer(TrainingModule):
         fixed_descriptor: torch.Tensor | None = None,
         channels_last: bool = False,
         descriptors_per_step: int = 1,
+        probabilities: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         if descriptors_per_step < 1:
@@ -64,6 +67,7 @@ class ContrastivePretrainer(TrainingModule):
         if descriptors_per_step > 1 and fixed_descriptor is not None:
             raise ValueError("several descriptors per step need an amortised run (a fixed run has one descriptor)")
         self.descriptors_per_step = descriptors_per_step
+        self.probabilities = probabilities
         self.views = views
         self.method = method
         self.space = space
@@ -90,13 +94,13 @@ class ContrastivePretrainer(TrainingModule):
         """The descriptor used at ``step`` (CPU, float32, shape ``[K]``)."""
         if self.fixed_descriptor is not None:
             return self.fixed_descriptor.clone()
-        return self.space.descriptor_for_step(self.seed, step)
+        return self.space.descriptor_for_step(self.seed, step, self.probabilities)
 
     def descriptors(self, step: int) -> torch.Tensor:
         """The descriptors of ``step``, ``[G, K]`` (CPU, float32; G = ``descriptors_per_step``)."""
         if self.descriptors_per_step == 1:
             return self.descriptor(step).unsqueeze(0)
-        return self.space.descriptors_for_step(self.seed, step, self.descriptors_per_step)
+        return self.space.descriptors_for_step(self.seed, step, self.descriptors_per_step, self.probabilities)
 
     def forward(self, batch: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
         device = batch.device

@@ -1,0 +1,140 @@
+"""Pretraining recipe ablations for the amortised audio encoder, one change at a time, at one reduced budget.
+
+Each variant pretrains an AI-SimCLR Hyper-ResNet18 (width 0.25) on the demo's built-in synthetic audio with the
+demo's recipe changed in one key, for ``--steps`` steps of ``--batch`` 2 s crops; the plain SimCLR twin is trained
+at the same budget. Each model is then read out on the demo's two few-shot tasks (timbre family, which wants pitch
+invariance; MIDI note, which wants pitch sensitivity; 5-way 3-shot, 120 test episodes) with:
+
+* learned i: the descriptor learned per episode (the paper's readout; running BatchNorm statistics);
+* i = all, running: every factor on, the checkpoint's running BatchNorm statistics;
+* i = all, reference: every factor on, BatchNorm statistics measured at i = all on 256 validation segments;
+* i = learned on validation: one descriptor for the whole task, the mean of those learned on the validation
+  episodes, with reference statistics.
+
+    python benchmarks/pretraining_ablations.py --out benchmarks/results/pretraining_ablations_cpu.json \\
+        --variants base descriptors_per_step=2 descriptors_per_step=4 descriptors_per_step=8 all_on=0.25 \\
+        bits_power=1 dependence=0.25 dependence=1.0 --seeds 0
+
+A variant is ``base`` or ``key=value`` (a key of ``invariance`` or ``model``). Finished runs are reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from aiaudio.audio.synthetic import generate_synthetic  # noqa: E402
+from aiaudio.config import apply_overrides, load_yaml  # noqa: E402
+from aiaudio.demo import BASELINE_OVERRIDES, DEMO_CLIPS, EVAL_CLIPS, TASKS  # noqa: E402
+from aiaudio.encoder import load_encoder  # noqa: E402
+from aiaudio.eval.fewshot import FewshotEvaluator, StatisticsConfig, evaluate_encoder  # noqa: E402
+from aiaudio.eval.learner import FrozenFeatures  # noqa: E402
+from aiaudio.fewshot import load_evaluation_data, parse_fewshot_config  # noqa: E402
+from aiaudio.pretrain import parse_config, run_cache, run_pretrain  # noqa: E402
+from benchmarks.machine import machine_info  # noqa: E402
+from benchmarks.vision_minibench.run import commit  # noqa: E402
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "audio"
+INVARIANCE_KEYS = ("descriptors_per_step", "bits_power", "all_on", "min_active")
+
+
+def variant_overrides(variant: str) -> list[str]:
+    """Config overrides of a variant: ``base`` (none), ``simclr`` (the plain twin) or ``key=value``."""
+    if variant == "base":
+        return []
+    if variant == "simclr":
+        return list(BASELINE_OVERRIDES)
+    key, _, value = variant.partition("=")
+    if not value:
+        raise SystemExit(f"variant {variant!r}: expected base, simclr or key=value")
+    section = "invariance" if key in INVARIANCE_KEYS else "model"
+    return [f"{section}.{key}={value}"]
+
+
+def pretrain(out: Path, variant: str, seed: int, steps: int, batch: int, data_root: Path) -> Path:
+    """Pretrain one variant (reused when its final checkpoint exists) and return its run directory."""
+    run_dir = out / f"{variant.replace('=', '_')}_seed{seed}"
+    overrides = [f"data.root={data_root}", f"data.cache_dir={out / 'cache'}", f"run_dir={run_dir}",
+                 f"trainer.steps={steps}", f"trainer.batch_size={batch}", f"trainer.seed={seed}",
+                 f"trainer.ckpt_every={steps}", *variant_overrides(variant)]
+    config = parse_config(apply_overrides(load_yaml(CONFIGS / "demo.yaml"), overrides))
+    if not (run_dir / "checkpoints" / f"step_{steps:08d}").is_dir():
+        run_cache(config, progress=False)
+        run_pretrain(config)
+    return run_dir
+
+
+def read_out(run_dir: Path, eval_root: Path, out: Path, label: str) -> dict[str, Any]:
+    """Accuracy (%) and 95 % interval of each readout of one run on one task."""
+    config = parse_fewshot_config(apply_overrides(load_yaml(CONFIGS / "demo_fewshot.yaml"), [
+        f"checkpoint={run_dir}", f"data.root={eval_root}", f"data.label={label}",
+        f"data.cache_dir={out / 'cache' / 'fewshot'}", f"out_dir={run_dir / 'fewshot' / label}", "progress=false",
+    ]))
+    device = torch.device("cpu")
+    data = load_evaluation_data(config.data, config.episodes.seed, False, device).episode_data(device)
+    model = load_encoder(run_dir, device)
+    running = FewshotEvaluator(config.episodes, config.learner, config.sweep, data, device)
+    rows: dict[str, Any] = {}
+    if not model.amortised:
+        row = evaluate_encoder(running, model, [], "baseline")[0]
+        return {"plain": {"accuracy": 100 * row["accuracy"], "ci95": 100 * row["ci95"]}}
+    reference = FewshotEvaluator(config.episodes, config.learner, config.sweep, data, device,
+                                 StatisticsConfig(source="reference"))
+    for row in evaluate_encoder(reference, model, ["all"], "amortised", selected=["learned"]):
+        name = {"learned i": "learned i", "i = all": "i = all, reference"}.get(row["readout"], row["readout"])
+        rows[name] = {"accuracy": 100 * row["accuracy"], "ci95": 100 * row["ci95"],
+                      **({"invariance": row["learned_i"]} if "learned_i" in row else {}),
+                      **({"invariance": row["chosen_i"]} if "chosen_i" in row else {})}
+    all_on = model.space.all_on()
+    row = running.evaluate(FrozenFeatures(running.features(model, all_on)), all_on)
+    rows["i = all, running"] = {"accuracy": 100 * row["accuracy"], "ci95": 100 * row["ci95"]}
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="the JSON record")
+    parser.add_argument("--work", type=Path, default=Path("runs/pretraining_ablations"))
+    parser.add_argument("--variants", nargs="+", default=["base", "simclr"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--batch", type=int, default=64)
+    args = parser.parse_args(argv)
+    work = args.work
+    data_root = generate_synthetic(work / "data", num_clips=DEMO_CLIPS, seed=0)
+    eval_root = generate_synthetic(work / "eval_data", num_clips=EVAL_CLIPS, seed=1, num_eval_clips=0)
+    record: dict[str, Any] = {"benchmark": "pretraining_ablations", "commit": commit(),
+                              "machine": machine_info(torch.device("cpu")),
+                              "command": "python benchmarks/pretraining_ablations.py " + " ".join(argv or sys.argv[1:]),
+                              "config": {"base": "configs/audio/demo.yaml", "steps": args.steps, "batch": args.batch,
+                                         "fewshot": "configs/audio/demo_fewshot.yaml"},
+                              "seeds": args.seeds, "rows": []}
+    if args.out.is_file():
+        record["rows"] = json.loads(args.out.read_text()).get("rows", [])
+    done = {(row["variant"], row["seed"]) for row in record["rows"]}
+    for variant in args.variants:
+        for seed in args.seeds:
+            if (variant, seed) in done:
+                continue
+            started = time.perf_counter()
+            run_dir = pretrain(work, variant, seed, args.steps, args.batch, data_root)
+            pretrained = time.perf_counter() - started
+            tasks = {label: read_out(run_dir, eval_root, work, label) for label in TASKS}
+            row = {"variant": variant, "seed": seed, "overrides": variant_overrides(variant),
+                   "pretrain_seconds": round(pretrained, 1), "tasks": tasks}
+            record["rows"].append(row)
+            print(json.dumps(row), flush=True)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(record, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -48,7 +48,7 @@ from aiaudio.eval.labelled import (
     write_readout_report,
 )
 from aiaudio.eval.learner import feature_table
-from aiaudio.eval.plans import readout_plans
+from aiaudio.eval.plans import readout_plans, reference_rows
 from aiaudio.eval.readout import ReadoutData
 
 log = logging.getLogger(__name__)
@@ -154,15 +154,20 @@ def run_readout(config: ReadoutConfig) -> dict[str, Any]:
     def features_at(descriptor: torch.Tensor | None) -> torch.Tensor:
         return feature_table(encoder, inputs, len(store), descriptor, config.learner.eval_batch_size)
 
-    plans = readout_plans(encoder, config.fixed, config.learn_invariance, config.learner.init, inputs, features_at)
-    results = run_readouts(
-        encoder, plans, readout_data, train_clips, test_clips, config.learner, config.sweep, data.val_fraction,
-        data.seed, device,
-    )
-    lowshot = lowshot_readouts(
-        encoder, plans, readout_data, train_clips, test_clips, config.learner, config.sweep, config.lowshot_fractions,
-        config.lowshot_splits, data.val_fraction, data.seed, device,
-    ) if config.lowshot_fractions else {}
+    reference = None
+    if config.statistics.source == "reference":
+        segments = torch.nonzero(torch.isin(readout_data.segment_clip, train_clips)).flatten()
+        reference = inputs(reference_rows(segments, config.statistics, "segments of training clips"))
+    with encoder.measured_statistics(reference):
+        plans = readout_plans(encoder, config.fixed, config.learn_invariance, config.learner.init, inputs, features_at)
+        results = run_readouts(
+            encoder, plans, readout_data, train_clips, test_clips, config.learner, config.sweep, data.val_fraction,
+            data.seed, device,
+        )
+        lowshot = lowshot_readouts(
+            encoder, plans, readout_data, train_clips, test_clips, config.learner, config.sweep,
+            config.lowshot_fractions, config.lowshot_splits, data.val_fraction, data.seed, device,
+        ) if config.lowshot_fractions else {}
     report = {
         "checkpoint": str(encoder.source),
         "fingerprint": encoder.fingerprint(),
@@ -184,6 +189,7 @@ def run_readout(config: ReadoutConfig) -> dict[str, Any]:
         },
         "readouts": results,
         "lowshot": lowshot,
+        "statistics": config.statistics.source if encoder.measures_statistics else "running",
         "config": to_dict(config),
     }
     counts = report["data"]

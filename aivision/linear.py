@@ -34,7 +34,7 @@ from aiaudio.eval.labelled import (
 )
 from aiaudio.eval.learner import feature_table
 from aiaudio.eval.finetune import FinetuneConfig, finetune_readout
-from aiaudio.eval.plans import fixed_descriptor, readout_plans
+from aiaudio.eval.plans import fixed_descriptor, readout_plans, reference_rows
 from aiaudio.eval.readout import ReadoutData
 from aivision.augment import ImageInput
 from aivision.data import ImageEntry, ImageSet, csv_image_entries, image_folder_entries
@@ -160,14 +160,18 @@ def run_linear(config: LinearConfig) -> dict[str, Any]:
         torch.arange(len(images)), targets, data.task,
         len(labelled.class_names) if data.task == "classification" else None,
     )
-    plans = readout_plans(encoder, config.fixed, config.learn_invariance, config.learner.init, inputs, features_at)
-    results = run_readouts(
-        encoder, plans, readout_data, train, test, config.learner, config.sweep, data.val_fraction, data.seed, device
-    )
-    lowshot = lowshot_readouts(
-        encoder, plans, readout_data, train, test, config.learner, config.sweep, config.lowshot_fractions,
-        config.lowshot_splits, data.val_fraction, data.seed, device,
-    ) if config.lowshot_fractions else {}
+    reference = None
+    if config.statistics.source == "reference":
+        reference = inputs(reference_rows(train, config.statistics, "training images"))
+    with encoder.measured_statistics(reference):
+        plans = readout_plans(encoder, config.fixed, config.learn_invariance, config.learner.init, inputs, features_at)
+        results = run_readouts(
+            encoder, plans, readout_data, train, test, config.learner, config.sweep, data.val_fraction, data.seed, device
+        )
+        lowshot = lowshot_readouts(
+            encoder, plans, readout_data, train, test, config.learner, config.sweep, config.lowshot_fractions,
+            config.lowshot_splits, data.val_fraction, data.seed, device,
+        ) if config.lowshot_fractions else {}
     for blocks in config.finetune:
         learner = config.finetune_learner
         if config.finetune_time_matched and "learned" in results:
@@ -191,6 +195,7 @@ def run_linear(config: LinearConfig) -> dict[str, Any]:
         },
         "readouts": results,
         "lowshot": lowshot,
+        "statistics": config.statistics.source if encoder.measures_statistics else "running",
         "config": to_dict(config),
     }
     write_readout_report(Path(config.out_dir), report)

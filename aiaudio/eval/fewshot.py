@@ -32,7 +32,7 @@ from aiaudio.eval.learner import (
     sklearn_accuracy,
     with_overrides,
 )
-from aiaudio.eval.plans import readout_plans
+from aiaudio.eval.plans import StatisticsConfig, readout_plans, reference_rows
 from aiaudio.eval.plots import learned_invariance_bars
 from aiaudio.eval.stats import mean_ci
 from aiaudio.eval.sweep import FewshotSweepConfig, SweepConfig
@@ -56,29 +56,6 @@ class EpisodeConfig:
     def __post_init__(self) -> None:
         if min(self.ways, self.shots, self.queries, self.test_episodes, self.val_episodes) < 1 or self.ways < 2:
             raise ValueError("episodes: ways must be >= 2; shots, queries, test_episodes and val_episodes >= 1")
-
-
-@dataclass
-class StatisticsConfig:
-    """Which BatchNorm statistics an amortised encoder's features at a fixed descriptor use.
-
-    ``source``: ``running``, the checkpoint's running statistics (pretraining averaged them over every descriptor it
-    drew, so they fit none exactly); ``reference``, statistics measured at each descriptor on ``size`` examples drawn
-    (with ``seed``) from the data the validation episodes may use, never from the test episodes' classes or clips
-    (:meth:`~aiaudio.engine.pretrained.PretrainedEncoder.measured_statistics`). Readouts that learn ``i`` per
-    episode keep the running statistics: measuring them at every step of every episode would cost a reference
-    pass each.
-    """
-
-    source: str = "running"
-    size: int = 256
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.source not in ("running", "reference"):
-            raise ValueError(f"statistics.source must be running or reference, got {self.source!r}")
-        if self.size < 2:
-            raise ValueError(f"statistics.size must be >= 2 (examples in the reference batch), got {self.size}")
 
 
 @dataclass
@@ -184,12 +161,8 @@ class FewshotEvaluator:
         clips = torch.isin(pool.clip_class, torch.as_tensor(data.val_classes, dtype=torch.long))
         if data.val_clips is not None:
             clips &= data.val_clips.to(clips.device)
-        candidates = torch.nonzero(clips[pool.segment_clip]).flatten()
-        if len(candidates) < 2:
-            raise ValueError("statistics.source=reference needs at least 2 segments of the validation classes")
-        generator = torch.Generator().manual_seed(self.statistics.seed)
-        chosen = torch.randperm(len(candidates), generator=generator)[: self.statistics.size]
-        return candidates[chosen].sort().values
+        return reference_rows(torch.nonzero(clips[pool.segment_clip]).flatten(), self.statistics,
+                              "segments of the validation classes")
 
     def features(self, model: PretrainedEncoder, descriptor: torch.Tensor | None) -> torch.Tensor:
         """Features of every evaluation segment at one descriptor (None: a plain encoder), with the configured

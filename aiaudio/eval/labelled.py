@@ -22,7 +22,7 @@ import torch
 from aiaudio.config import DataError
 from aiaudio.engine.files import atomic_write_text
 from aiaudio.engine.pretrained import PretrainedEncoder
-from aiaudio.eval.plans import ReadoutPlan
+from aiaudio.eval.plans import ReadoutPlan, StatisticsConfig
 from aiaudio.eval.readout import ReadoutData, ReadoutLearnerConfig, linear_readout, result_summary, split_off
 from aiaudio.eval.stats import mean_ci
 from aiaudio.eval.sweep import SweepConfig
@@ -123,6 +123,8 @@ class ReadoutRunConfig:
         lowshot_fractions: also read out from seeded subsets holding these fractions of the training items (the
             paper's low-shot regression: 0.05, 0.1, 0.2); empty: none.
         lowshot_splits: subsets per fraction (the paper: 100).
+        statistics: the BatchNorm statistics of an amortised encoder's features (see
+            :class:`~aiaudio.eval.plans.StatisticsConfig`): by default measured at each descriptor on training items.
     """
 
     checkpoint: str | None = None
@@ -134,6 +136,7 @@ class ReadoutRunConfig:
     device: str = "auto"
     lowshot_fractions: list[float] = field(default_factory=list)
     lowshot_splits: int = 100
+    statistics: StatisticsConfig = field(default_factory=lambda: StatisticsConfig(source="reference"))
 
     def __post_init__(self) -> None:
         if any(not 0.0 < f < 1.0 for f in self.lowshot_fractions) or self.lowshot_splits < 1:

@@ -18,6 +18,40 @@ from aiaudio.config import ConfigError
 from aiaudio.engine.pretrained import PretrainedEncoder
 from aiaudio.eval.learner import AmortisedFeatures, EpisodeEncoder, FrozenFeatures, InputFn
 
+@dataclass
+class StatisticsConfig:
+    """Which BatchNorm statistics an amortised encoder's features at a fixed descriptor use.
+
+    ``source``: ``running``, the checkpoint's running statistics (pretraining averaged them over every descriptor it
+    drew, so they fit none exactly); ``reference``, statistics measured at each descriptor on ``size`` examples drawn
+    (with ``seed``) from the training data, never from test data
+    (:meth:`~aiaudio.engine.pretrained.PretrainedEncoder.measured_statistics`): a many-shot readout draws them from
+    its training items; a few-shot run from the data the validation episodes may use. Few-shot readouts that learn
+    ``i`` per episode keep the running statistics: measuring them at every step of every episode would cost a
+    reference pass each. Encoders without BatchNorm statistics that depend on ``i`` ignore this.
+    """
+
+    source: str = "running"
+    size: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.source not in ("running", "reference"):
+            raise ValueError(f"statistics.source must be running or reference, got {self.source!r}")
+        if self.size < 2:
+            raise ValueError(f"statistics.size must be >= 2 (examples in the reference batch), got {self.size}")
+
+
+def reference_rows(candidates: torch.Tensor, statistics: StatisticsConfig, what: str) -> torch.Tensor:
+    """The reference batch of ``statistics``: a seeded subset of ``candidates`` (row indices; ``what`` names them in
+    the error when there are fewer than 2), sorted."""
+    if len(candidates) < 2:
+        raise ConfigError(f"statistics.source=reference needs at least 2 {what}, got {len(candidates)}")
+    generator = torch.Generator().manual_seed(statistics.seed)
+    chosen = torch.randperm(len(candidates), generator=generator)[: statistics.size]
+    return candidates.cpu()[chosen].sort().values
+
+
 #: ``features_at(descriptor or None) -> [S, F]`` features of every evaluation row at one descriptor.
 FeatureTable = Callable[[torch.Tensor | None], torch.Tensor]
 

@@ -137,3 +137,50 @@ def test_descriptors_for_step_are_reproducible_and_start_with_the_steps_own():
     assert len({tuple(r.tolist()) for r in drawn}) == len(space)  # every descriptor of the table is drawn
     with pytest.raises(ValueError, match="count"):
         space.descriptors_for_step(3, 17, 0)
+
+
+def test_sampling_probabilities_favour_more_active_bits_or_the_all_on_descriptor():
+    space = InvarianceSpace(["a", "b", "c"], min_active=1)
+    assert space.sampling_probabilities() is None  # uniform: the table's own draw
+    bits = space.table.sum(1)
+    torch.testing.assert_close(space.sampling_probabilities(bits_power=1.0), bits / bits.sum())
+    favoured = space.sampling_probabilities(all_on=0.3)
+    expected = torch.full((7,), 0.1)
+    expected[-1] = 0.4  # the table's last row is all on
+    torch.testing.assert_close(favoured, expected)
+    draws = torch.stack([space.descriptor_for_step(0, step, favoured) for step in range(2000)])
+    assert abs(float((draws.sum(1) == 3).float().mean()) - 0.4) < 0.05  # std of the share: 0.011
+    with pytest.raises(ValueError, match="all_on"):
+        space.sampling_probabilities(all_on=1.5)
+
+
+def test_fewshot_reference_statistics_come_from_validation_classes_and_normalise_like_a_training_pass():
+    from aiaudio.engine.pretrained import PretrainedEncoder
+    from aiaudio.eval.episodes import SegmentPool
+    from aiaudio.eval.fewshot import EpisodeConfig, EpisodeData, FewshotEvaluator
+    from aiaudio.eval.learner import LearnerConfig
+    from aiaudio.eval.plans import StatisticsConfig
+    from aiaudio.eval.sweep import FewshotSweepConfig
+
+    model = _model()
+    encoder = PretrainedEncoder(model, nn.Identity(), InvarianceSpace(["a", "b"], min_active=0), True)
+    images, labels = torch.randn(40, 1, 32, 32) * 2 + 1, torch.arange(40) % 8
+    data = EpisodeData(SegmentPool(labels), lambda rows: images[rows], 40, [0, 1, 2, 3], [4, 5, 6, 7])
+
+    def evaluator(statistics: StatisticsConfig | None) -> FewshotEvaluator:
+        return FewshotEvaluator(EpisodeConfig(ways=2, shots=1, queries=1, test_episodes=2, val_episodes=2),
+                                LearnerConfig(steps=2), FewshotSweepConfig(lrs=[0.1]), data, torch.device("cpu"),
+                                statistics)
+
+    measured = evaluator(StatisticsConfig(source="reference", size=12))
+    rows = measured.reference_segments()
+    assert len(rows) == 12 and bool((labels[rows] < 4).all())  # validation classes only, never the test ones
+    descriptor = torch.tensor([0.3, 1.0])
+    table = measured.features(encoder, descriptor)
+    twin = copy.deepcopy(model).train()
+    twin.bn1.eval()  # the stem does not depend on i: its running statistics stay
+    with torch.no_grad():
+        expected = twin(images[rows], descriptor)
+    torch.testing.assert_close(table[rows], expected, rtol=1e-4, atol=1e-4)
+    running = evaluator(None).features(encoder, descriptor)
+    assert (running[rows] - expected).abs().max() > 1e-2

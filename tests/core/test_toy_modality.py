@@ -71,6 +71,40 @@ def test_a_killed_run_resumes_to_the_weights_and_queues_of_an_uninterrupted_one(
         torch.testing.assert_close(resumed[key], whole[key], rtol=0, atol=0, msg=key)
 
 
+def test_several_descriptors_per_step_train_each_group_at_its_own_and_resume_exactly(tmp_path: Path) -> None:
+    """descriptors_per_step=2 with a favoured all-on descriptor: each step's descriptors come from the run's
+    distribution, the run trains, and a killed run resumes to the weights of an uninterrupted one."""
+    changes = {"descriptors_per_step": 2, "all_on": 0.5}
+    parts = parts_builder("simclr", toy_trainer(), ToyVectors(), **changes)(None)
+    drawn = torch.cat([parts.model.descriptors(step) for step in range(200)])
+    assert drawn.shape == (400, 2) and parts.model.batch_groups() == 2
+    share_all_on = float((drawn.sum(1) == 2).float().mean())
+    assert 0.5 < share_all_on < 0.75  # 0.5 + 0.5 / 4 = 0.625 expected; 400 draws give a std of 0.024
+    trainer = toy_trainer()
+
+    def run(run_dir: Path, dataset: ToyVectors) -> dict:
+        return run_pretraining(run_dir, toy_config("simclr", trainer), trainer,
+                               parts_builder("simclr", trainer, dataset, **changes))
+
+    summary = run(tmp_path / "whole", ToyVectors())
+    assert summary["final_step"] == 8
+    labels = [json.loads(line).get("descriptor", "") for line in (tmp_path / "whole" / "metrics.jsonl").open()]
+    assert any(" | " in label for label in labels)  # each logged step names both descriptors
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        run(tmp_path / "killed", ToyVectors(crash_after=8 * 5))
+    run(tmp_path / "killed", ToyVectors())
+    whole = load_file(str(latest_checkpoint(tmp_path / "whole") / "model.safetensors"))
+    resumed = load_file(str(latest_checkpoint(tmp_path / "killed") / "model.safetensors"))
+    for key in whole:
+        torch.testing.assert_close(resumed[key], whole[key], rtol=0, atol=0, msg=key)
+    with pytest.raises(ConfigError, match="groups of at least 2"):
+        odd = toy_trainer(batch_size=6)
+        run_pretraining(tmp_path / "odd", toy_config("simclr", odd), odd,
+                        parts_builder("simclr", odd, ToyVectors(), descriptors_per_step=4))
+    with pytest.raises(ConfigError, match="simclr"):
+        parts_builder("mocov2", trainer, ToyVectors(), descriptors_per_step=2)(None)
+
+
 def test_moco_v2_queues_hold_only_keys_made_with_their_descriptor(tmp_path: Path) -> None:
     """After a run, a queue's written slots are exactly as many as the keys its descriptor's steps produced."""
     trainer = toy_trainer(steps=6, ckpt_every=6)

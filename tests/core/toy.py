@@ -103,15 +103,16 @@ def toy_hyper_mlp(pretrained: bool = False, *, inv_dim: int, in_chans: int, widt
 
 def toy_parts(
     method: str, trainer: TrainerConfig, dataset: ToyVectors, mode: str = "amortised", queue_size: int = 16,
-    heads_per_descriptor: bool = False,
+    heads_per_descriptor: bool = False, **invariance_changes: Any,
 ) -> PretrainParts:
-    """The toy's pretraining parts for ``method`` (simclr, mocov2, mocov3)."""
+    """The toy's pretraining parts for ``method`` (simclr, mocov2, mocov3); ``invariance_changes`` go to its
+    :class:`InvarianceConfig` (``descriptors_per_step``, ``all_on``, ...)."""
     space = InvarianceSpace(FACTORS, min_active=0)
     model = ModelConfig(encoder="toy_hyper_mlp", encoder_args={"width": 16}, projector_hidden=16, projector_dim=8,
                         predictor_hidden=16)
     method_config = MethodConfig(name=method, temperature=0.2, queue_size=queue_size,
                                  heads_per_descriptor=heads_per_descriptor)
-    invariance = InvarianceConfig(mode=mode, min_active=0)
+    invariance = InvarianceConfig(mode=mode, min_active=0, **invariance_changes)
     pretrainer, record = build_pretrainer(ToyViews(), space, DIM, model, method_config, invariance, trainer.seed)
     return PretrainParts(pretrainer, dataset, record, summary={"items": len(dataset)})
 

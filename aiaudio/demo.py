@@ -71,7 +71,8 @@ def format_report(runs: dict, reports: dict, measured: dict, out: Path, elapsed:
     lines += [describe_run(name, config.model, config.trainer, summary, records)
               for name, (config, summary, records) in runs.items()]
     lines += ["", f"  few-shot: {_episodes_text(next(iter(reports.values())))}; accuracy % ± 95% CI", ""]
-    header = f"  {'task':<40} {'AI-SimCLR, learned i':>22} {'AI-SimCLR, i = all':>20} {'SimCLR':>16}"
+    header = (f"  {'task':<40} {'AI-SimCLR, learned i':>22} {'AI-SimCLR, i = all':>20} {'SimCLR':>12} "
+              f"{'MFCC floor':>12}")
     lines += [header, "  " + "-" * (len(header) - 2)]
     learned_pitch = {}
     for label, report in reports.items():
@@ -79,8 +80,9 @@ def format_report(runs: dict, reports: dict, measured: dict, out: Path, elapsed:
         all_on = next(row for key, row in rows.items() if key.startswith("i = "))
         learned = rows["learned i"]
         learned_pitch[label] = learned["learned_i"][0]
-        cells = [_accuracy(learned), _accuracy(all_on), _accuracy(rows["baseline"])]
-        lines.append(f"  {TASKS[label]:<40} {cells[0]:>22} {cells[1]:>20} {cells[2]:>16}")
+        floor = next(row for row in report["rows"] if row["model"] == "floor")
+        cells = [_accuracy(learned), _accuracy(all_on), _accuracy(rows["baseline"]), _accuracy(floor)]
+        lines.append(f"  {TASKS[label]:<40} {cells[0]:>22} {cells[1]:>20} {cells[2]:>12} {cells[3]:>12}")
     factors = next(iter(reports.values()))["factors"]
     lines += ["", "  learned invariance, mean over test episodes (%):", "  " + " " * 14 + " ".join(f"{f[:11]:>11}" for f in factors)]
     for label, report in reports.items():

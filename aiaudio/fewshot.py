@@ -24,6 +24,7 @@ import torch
 
 from aiaudio.audio.data import default_cache_root
 from aiaudio.audio.metaaudio import METAAUDIO_SETS, LogMelSet, SegmentPolicy, build_logmel_set, prepare_metaaudio
+from aiaudio.audio.mfcc import mfcc_statistics
 from aiaudio.audio.synthetic import synthetic_entries
 from aiaudio.config import ConfigError, from_dict, require_directory, to_dict
 from aiaudio.encoder import load_encoder
@@ -36,6 +37,7 @@ from aiaudio.eval.fewshot import (
     FewshotRunConfig,
     descriptor_label,
     evaluate_encoder,
+    floor_row,
     format_table,
     write_report,
 )
@@ -90,6 +92,7 @@ class FewshotConfig(FewshotRunConfig):
     data: FewshotDataConfig = field(default_factory=FewshotDataConfig)
     episodes: EpisodeConfig = field(default_factory=EpisodeConfig)
     progress: bool = True
+    floor: bool = True  # add the no-learning floor: 20 MFCC means and stds, nearest class centroid
 
 
 def parse_fewshot_config(raw: dict[str, Any]) -> FewshotConfig:
@@ -148,6 +151,15 @@ def _natural_key(text: str) -> tuple:
     return (0, int(text), "") if text.lstrip("-").isdigit() else (1, 0, text)
 
 
+FLOOR_READOUT = "MFCC statistics, nearest centroid"
+
+
+def mfcc_table(logmels: LogMelSet, batch: int = 512) -> torch.Tensor:
+    """MFCC statistics ``[S, 40]`` of every segment of the store (see :mod:`aiaudio.audio.mfcc`)."""
+    return torch.cat([mfcc_statistics(logmels.gather(slice(start, min(start + batch, len(logmels)))))
+                      for start in range(0, len(logmels), batch)])
+
+
 def run_fewshot(config: FewshotConfig) -> dict[str, Any]:
     """Evaluate the configured checkpoint(s); returns the results (also written to ``out_dir``)."""
     if not config.checkpoint and not config.baseline:
@@ -164,6 +176,8 @@ def run_fewshot(config: FewshotConfig) -> dict[str, Any]:
         rows += evaluate_encoder(evaluator, model, config.fixed, "amortised", config.sklearn, config.selected)
     if config.baseline:
         rows += evaluate_encoder(evaluator, load_encoder(config.baseline, device), [], "baseline", config.sklearn)
+    if config.floor:
+        rows.append(floor_row(evaluator, mfcc_table(data.logmels), FLOOR_READOUT))
     report = {"config": to_dict(config), "factors": list(names), "log_mels": str(data.logmels.directory), "rows": rows}
     data_config = config.data
     title = f"{data_config.name} ({data_config.label})" if data_config.name == "synthetic" else data_config.name

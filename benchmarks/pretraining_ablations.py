@@ -9,7 +9,9 @@ invariance; MIDI note, which wants pitch sensitivity; 5-way 3-shot, 120 test epi
 * i = all, running: every factor on, the checkpoint's running BatchNorm statistics;
 * i = all, reference: every factor on, BatchNorm statistics measured at i = all on 256 validation segments;
 * i = learned on validation: one descriptor for the whole task, the mean of those learned on the validation
-  episodes, with reference statistics.
+  episodes, with reference statistics;
+
+and the task's no-learning floor (20 MFCC means and standard deviations, nearest class centroid) is recorded once.
 
     python benchmarks/pretraining_ablations.py --out benchmarks/results/pretraining_ablations_cpu.json \\
         --variants base descriptors_per_step=2 descriptors_per_step=4 descriptors_per_step=8 all_on=0.25 \\
@@ -34,9 +36,9 @@ from aiaudio.audio.synthetic import generate_synthetic  # noqa: E402
 from aiaudio.config import apply_overrides, load_yaml  # noqa: E402
 from aiaudio.demo import BASELINE_OVERRIDES, DEMO_CLIPS, EVAL_CLIPS, TASKS  # noqa: E402
 from aiaudio.encoder import load_encoder  # noqa: E402
-from aiaudio.eval.fewshot import FewshotEvaluator, StatisticsConfig, evaluate_encoder  # noqa: E402
+from aiaudio.eval.fewshot import FewshotEvaluator, StatisticsConfig, evaluate_encoder, floor_row  # noqa: E402
 from aiaudio.eval.learner import FrozenFeatures  # noqa: E402
-from aiaudio.fewshot import load_evaluation_data, parse_fewshot_config  # noqa: E402
+from aiaudio.fewshot import FLOOR_READOUT, load_evaluation_data, mfcc_table, parse_fewshot_config  # noqa: E402
 from aiaudio.pretrain import parse_config, run_cache, run_pretrain  # noqa: E402
 from benchmarks.machine import machine_info  # noqa: E402
 from benchmarks.vision_minibench.run import commit  # noqa: E402
@@ -80,7 +82,8 @@ def read_out(run_dir: Path, eval_root: Path, out: Path, label: str) -> dict[str,
     device = torch.device("cpu")
     data = load_evaluation_data(config.data, config.episodes.seed, False, device).episode_data(device)
     model = load_encoder(run_dir, device)
-    running = FewshotEvaluator(config.episodes, config.learner, config.sweep, data, device)
+    running = FewshotEvaluator(config.episodes, config.learner, config.sweep, data, device,
+                               StatisticsConfig(source="running"))
     rows: dict[str, Any] = {}
     if not model.amortised:
         row = evaluate_encoder(running, model, [], "baseline")[0]
@@ -96,6 +99,18 @@ def read_out(run_dir: Path, eval_root: Path, out: Path, label: str) -> dict[str,
     row = running.evaluate(FrozenFeatures(running.features(model, all_on)), all_on)
     rows["i = all, running"] = {"accuracy": 100 * row["accuracy"], "ci95": 100 * row["ci95"]}
     return rows
+
+
+def floor(eval_root: Path, out: Path, label: str) -> dict[str, float]:
+    """The no-learning floor of one task: MFCC statistics, nearest class centroid, through the same test episodes."""
+    config = parse_fewshot_config(apply_overrides(load_yaml(CONFIGS / "demo_fewshot.yaml"), [
+        f"data.root={eval_root}", f"data.label={label}", f"data.cache_dir={out / 'cache' / 'fewshot'}",
+        "progress=false"]))
+    device = torch.device("cpu")
+    data = load_evaluation_data(config.data, config.episodes.seed, False, device)
+    evaluator = FewshotEvaluator(config.episodes, config.learner, config.sweep, data.episode_data(device), device)
+    row = floor_row(evaluator, mfcc_table(data.logmels), FLOOR_READOUT)
+    return {"accuracy": 100 * row["accuracy"], "ci95": 100 * row["ci95"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                               "seeds": args.seeds, "rows": []}
     if args.out.is_file():
         record["rows"] = json.loads(args.out.read_text()).get("rows", [])
+    record["floor"] = {label: floor(eval_root, work, label) for label in TASKS}
     done = {(row["variant"], row["seed"]) for row in record["rows"]}
     for variant in args.variants:
         for seed in args.seeds:

@@ -28,6 +28,7 @@ from aiaudio.eval.learner import (
     InputFn,
     LearnerConfig,
     feature_table,
+    nearest_centroid_accuracy,
     run_episodes,
     sklearn_accuracy,
     with_overrides,
@@ -263,6 +264,23 @@ def evaluate_encoder(
         descriptor = next((plan.descriptor for plan in plans if plan.kind == "fixed"), None)
         rows += sklearn_rows(evaluator, model, descriptor, rows[0]["model"])
     return rows
+
+
+def floor_row(evaluator: FewshotEvaluator, table: torch.Tensor, readout: str) -> dict[str, Any]:
+    """A no-learning floor through the test episodes: features ``table`` ``[S, F]`` (hand-made, e.g. MFCC
+    statistics), standardised per dimension with the validation classes' segments, read out by the nearest class
+    centroid (Euclidean) of each episode's support set (:func:`~aiaudio.eval.learner.nearest_centroid_accuracy`)."""
+    pool, data = evaluator.pool, evaluator.data
+    clips = torch.isin(pool.clip_class, torch.as_tensor(data.val_classes, dtype=torch.long))
+    if data.val_clips is not None:
+        clips &= data.val_clips.to(clips.device)
+    reference = table[clips[pool.segment_clip].to(table.device)]
+    if len(reference) < 2:
+        raise ValueError("the floor needs at least 2 segments of the validation classes to standardise with")
+    standardised = (table - reference.mean(0)) / reference.std(0).clamp_min(1e-6)
+    accuracy = mean_ci(nearest_centroid_accuracy(standardised, pool, evaluator.test_episodes))
+    return {"model": "floor", "readout": readout, "accuracy": accuracy.mean, "ci95": accuracy.ci95,
+            "episodes": accuracy.n}
 
 
 def selected_row(evaluator: FewshotEvaluator, model: PretrainedEncoder, descriptor: torch.Tensor, readout: str,

@@ -136,7 +136,7 @@ class ReadoutRunConfig:
     device: str = "auto"
     lowshot_fractions: list[float] = field(default_factory=list)
     lowshot_splits: int = 100
-    statistics: StatisticsConfig = field(default_factory=lambda: StatisticsConfig(source="reference"))
+    statistics: StatisticsConfig = field(default_factory=StatisticsConfig)
 
     def __post_init__(self) -> None:
         if any(not 0.0 < f < 1.0 for f in self.lowshot_fractions) or self.lowshot_splits < 1:

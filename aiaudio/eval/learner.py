@@ -282,6 +282,21 @@ def predict_clips(
     return majority_vote(logits.view(num, per, width, -1), valid)
 
 
+@torch.no_grad()
+def nearest_centroid_accuracy(table: torch.Tensor, pool: SegmentPool, episodes: Episodes) -> torch.Tensor:
+    """Per-episode query accuracy ``[E]`` of the nearest class centroid (Euclidean) of each episode's support
+    features, a query clip voting with its segments (:func:`majority_vote`); ``table`` ``[S, F]``. No learning."""
+    e, n, k = episodes.support_segments.shape
+    support = table[episodes.support_segments.to(table.device)].float()  # [E, N, K, F]
+    centroids = support.mean(2)  # [E, N, F]
+    clips = episodes.query_clips.flatten(1)
+    segments, valid = pool.query_segments(clips.cpu())
+    queries = table[segments.to(table.device)].float().flatten(1, 2)  # [E, m * P, F]
+    scores = -torch.cdist(queries, centroids).square().view(e, clips.shape[1], segments.shape[-1], n)
+    predicted = majority_vote(scores, valid)
+    return (predicted == episodes.query_labels().to(predicted.device)).float().mean(1).cpu()
+
+
 def sklearn_accuracy(table: torch.Tensor, pool: SegmentPool, episodes: Episodes, kind: str) -> torch.Tensor:
     """Per-episode query accuracy of scikit-learn readouts on frozen features (a reference, one fit per episode).
 

@@ -31,7 +31,7 @@ class StatisticsConfig:
     reference pass each. Encoders without BatchNorm statistics that depend on ``i`` ignore this.
     """
 
-    source: str = "running"
+    source: str = "reference"
     size: int = 256
     seed: int = 0
 

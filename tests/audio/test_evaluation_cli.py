@@ -36,6 +36,7 @@ def test_fewshot_end_to_end_on_synthetic_data(tiny_checkpoints, synthetic_root, 
     readouts = [(row["model"], row["readout"]) for row in report["rows"]]
     assert ("amortised", "learned i") in readouts and ("baseline", "linear") in readouts
     assert ("amortised", "logistic, i = all") in readouts and ("amortised", "i = all") in readouts
+    assert ("floor", "MFCC statistics, nearest centroid") in readouts
     for row in report["rows"]:
         assert 0.0 <= row["accuracy"] <= 1.0 and row["episodes"] == 12 and row["ci95"] >= 0
     learned = next(row for row in report["rows"] if row["readout"] == "learned i")
@@ -134,4 +135,6 @@ def test_fewshot_on_a_metaaudio_layout_with_an_official_split_file(tiny_checkpoi
     # clips of 2.5, 6.7 and 10.9 s give 1, 2 and 3 five-second segments
     assert np.bincount(np.load(store / "index.npz")["segment_clip"]).tolist() == [1, 2, 3] * 6
     rows = {row["readout"]: row for row in report["rows"]}
-    assert set(rows) == {"learned i", "i = all"} and all(row["episodes"] == 8 for row in rows.values())
+    floor = "MFCC statistics, nearest centroid"
+    assert set(rows) == {"learned i", "i = all", floor} and all(row["episodes"] == 8 for row in rows.values())
+    assert rows[floor]["model"] == "floor"

@@ -167,7 +167,7 @@ def test_fewshot_reference_statistics_come_from_validation_classes_and_normalise
     images, labels = torch.randn(40, 1, 32, 32) * 2 + 1, torch.arange(40) % 8
     data = EpisodeData(SegmentPool(labels), lambda rows: images[rows], 40, [0, 1, 2, 3], [4, 5, 6, 7])
 
-    def evaluator(statistics: StatisticsConfig | None) -> FewshotEvaluator:
+    def evaluator(statistics: StatisticsConfig) -> FewshotEvaluator:
         return FewshotEvaluator(EpisodeConfig(ways=2, shots=1, queries=1, test_episodes=2, val_episodes=2),
                                 LearnerConfig(steps=2), FewshotSweepConfig(lrs=[0.1]), data, torch.device("cpu"),
                                 statistics)
@@ -182,5 +182,5 @@ def test_fewshot_reference_statistics_come_from_validation_classes_and_normalise
     with torch.no_grad():
         expected = twin(images[rows], descriptor)
     torch.testing.assert_close(table[rows], expected, rtol=1e-4, atol=1e-4)
-    running = evaluator(None).features(encoder, descriptor)
+    running = evaluator(StatisticsConfig(source="running")).features(encoder, descriptor)
     assert (running[rows] - expected).abs().max() > 1e-2

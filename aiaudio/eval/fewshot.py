@@ -155,15 +155,17 @@ class FewshotEvaluator:
         assert best is not None, "an invariance space always has at least one descriptor"
         return best[1].clone(), best[2], scores
 
-    def reference_segments(self) -> torch.Tensor:
-        """The seeded reference batch of :class:`StatisticsConfig`: segments of clips the validation episodes may
-        use (their classes; their clip mask)."""
+    def validation_segments(self) -> torch.Tensor:
+        """Indices of the segments of the clips the validation episodes may use (their classes; their clip mask)."""
         pool, data = self.pool, self.data
         clips = torch.isin(pool.clip_class, torch.as_tensor(data.val_classes, dtype=torch.long))
         if data.val_clips is not None:
             clips &= data.val_clips.to(clips.device)
-        return reference_rows(torch.nonzero(clips[pool.segment_clip]).flatten(), self.statistics,
-                              "segments of the validation classes")
+        return torch.nonzero(clips[pool.segment_clip]).flatten()
+
+    def reference_segments(self) -> torch.Tensor:
+        """The seeded reference batch of :class:`StatisticsConfig`, drawn from :meth:`validation_segments`."""
+        return reference_rows(self.validation_segments(), self.statistics, "segments of the validation classes")
 
     def features(self, model: PretrainedEncoder, descriptor: torch.Tensor | None) -> torch.Tensor:
         """Features of every evaluation segment at one descriptor (None: a plain encoder), with the configured
@@ -270,15 +272,11 @@ def floor_row(evaluator: FewshotEvaluator, table: torch.Tensor, readout: str) ->
     """A no-learning floor through the test episodes: features ``table`` ``[S, F]`` (hand-made, e.g. MFCC
     statistics), standardised per dimension with the validation classes' segments, read out by the nearest class
     centroid (Euclidean) of each episode's support set (:func:`~aiaudio.eval.learner.nearest_centroid_accuracy`)."""
-    pool, data = evaluator.pool, evaluator.data
-    clips = torch.isin(pool.clip_class, torch.as_tensor(data.val_classes, dtype=torch.long))
-    if data.val_clips is not None:
-        clips &= data.val_clips.to(clips.device)
-    reference = table[clips[pool.segment_clip].to(table.device)]
+    reference = table[evaluator.validation_segments().to(table.device)]
     if len(reference) < 2:
         raise ValueError("the floor needs at least 2 segments of the validation classes to standardise with")
     standardised = (table - reference.mean(0)) / reference.std(0).clamp_min(1e-6)
-    accuracy = mean_ci(nearest_centroid_accuracy(standardised, pool, evaluator.test_episodes))
+    accuracy = mean_ci(nearest_centroid_accuracy(standardised, evaluator.pool, evaluator.test_episodes))
     return {"model": "floor", "readout": readout, "accuracy": accuracy.mean, "ci95": accuracy.ci95,
             "episodes": accuracy.n}
 

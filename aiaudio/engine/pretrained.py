@@ -45,6 +45,7 @@ from aiaudio.nn.registry import create_encoder
 ENCODER_RECORD = "encoder.json"
 RECORD_FORMAT = 1
 _REFERENCE_CACHE_SIZE = 256  # descriptors whose reference statistics are kept
+_BATCH_STATISTICS_ROWS = 64  # a batch with a descriptor to learn normalises with its own statistics from this size
 _TRUSTED_PACKAGES = ("aiaudio", "aivision")
 
 #: ``kind -> builder(config mapping) -> nn.Module``: how each input transform is rebuilt from a record.
@@ -203,8 +204,10 @@ class PretrainedEncoder(nn.Module):
         ones) at that very descriptor, instead of the running statistics, which
         pretraining averaged over every descriptor it drew and which fit none of them. ``name`` identifies the
         reference (:meth:`statistics_name`, e.g. in feature caches). None, or an encoder without such statistics
-        (plain encoders, Prompt-ViTs), changes nothing. A descriptor that needs a gradient gets statistics measured
-        with one (exact, at the cost of a reference pass per call); others are cached per descriptor."""
+        (plain encoders, Prompt-ViTs), changes nothing. While a descriptor is learned (it needs a gradient), a batch
+        of at least 64 examples normalises with its own statistics at that descriptor, as a training pass does (exact
+        and free); a smaller one with the reference's, measured with a gradient. Other descriptors use the
+        reference's, measured once per descriptor and cached."""
         if inputs is None or not self.measures_statistics:
             yield
             return
@@ -223,23 +226,24 @@ class PretrainedEncoder(nn.Module):
         """What the features' normalisation statistics are: ``running``, or the name of the reference in use."""
         return self.reference_name
 
-    def _statistics(self, i: torch.Tensor | None) -> Any:
-        """The reference statistics at ``i`` (cached for descriptors that need no gradient), or None."""
+    def _using(self, i: torch.Tensor | None, rows: int) -> Any:
+        """How a forward pass of ``rows`` examples at ``i`` normalises: the running statistics (no reference); the
+        batch's own statistics at ``i``, when ``i`` needs a gradient and the batch is large enough to measure them
+        (a training pass's normalisation, exact and free); else the reference's statistics at ``i`` (measured with
+        a gradient when ``i`` needs one, otherwise once per descriptor and cached)."""
         if self.reference is None or i is None:
-            return None
+            return contextlib.nullcontext()
         if i.requires_grad and torch.is_grad_enabled():
-            return self.encoder.reference_statistics(self.reference, i)
+            if rows >= _BATCH_STATISTICS_ROWS:
+                return self.encoder.batch_statistics()
+            return self.encoder.using_statistics(self.encoder.reference_statistics(self.reference, i))
         key = (tuple(i.shape), tuple(i.detach().flatten().tolist()))
         if key not in self._reference_cache:
             if len(self._reference_cache) >= _REFERENCE_CACHE_SIZE:
                 self._reference_cache.clear()
             with torch.no_grad():
                 self._reference_cache[key] = self.encoder.reference_statistics(self.reference, i.detach())
-        return self._reference_cache[key]
-
-    def _using(self, i: torch.Tensor | None) -> Any:
-        statistics = self._statistics(i)
-        return self.encoder.using_statistics(statistics) if statistics is not None else contextlib.nullcontext()
+        return self.encoder.using_statistics(self._reference_cache[key])
 
     def train(self, mode: bool = True) -> PretrainedEncoder:
         """Always eval: BatchNorm statistics and the weights stay frozen."""
@@ -277,7 +281,7 @@ class PretrainedEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, i: torch.Tensor | None) -> torch.Tensor:
         """Features of model inputs ``x`` for descriptor(s) ``i`` (``[K]``, or ``[G, K]`` for G groups of examples)."""
-        with self._using(i):
+        with self._using(i, x.shape[0]):
             return self.encoder(x, i)
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
@@ -287,7 +291,7 @@ class PretrainedEncoder(nn.Module):
 
     def forward_after_stem(self, stem: torch.Tensor, i: torch.Tensor | None) -> torch.Tensor:
         after = getattr(self.encoder, "forward_after_stem", None)
-        with self._using(i):
+        with self._using(i, stem.shape[0]):
             return after(stem, i) if after is not None else self.encoder(stem, i)
 
     def fingerprint(self) -> str:

@@ -361,6 +361,19 @@ class HyperResNet(_ResNet):
         return ReferenceStatistics(tuple(means), tuple(variances), i.detach())
 
     @contextmanager
+    def batch_statistics(self) -> Iterator[None]:
+        """Within the block, eval-mode passes normalise every block BatchNorm with the statistics of the batch they
+        run on (per group for stacked groups), as a training pass does, without touching the running statistics."""
+        context = self.descriptor_context
+        if context.statistics is not None or context.recording is not None:
+            raise ValueError("batch statistics cannot be used while reference statistics are in use or measured")
+        context.recording = []
+        try:
+            yield
+        finally:
+            context.recording = None
+
+    @contextmanager
     def using_statistics(self, statistics: ReferenceStatistics | None) -> Iterator[None]:
         """Within the block, eval-mode passes normalise every block BatchNorm with ``statistics`` (from
         :meth:`reference_statistics`; for stacked groups, measured at the same G descriptors or at one) instead of the

@@ -184,3 +184,31 @@ def test_fewshot_reference_statistics_come_from_validation_classes_and_normalise
     torch.testing.assert_close(table[rows], expected, rtol=1e-4, atol=1e-4)
     running = evaluator(StatisticsConfig(source="running")).features(encoder, descriptor)
     assert (running[rows] - expected).abs().max() > 1e-2
+
+
+def test_a_learned_descriptor_normalises_a_large_batch_with_its_own_statistics_and_a_small_one_with_the_reference():
+    """Inside measured_statistics: a batch whose descriptor needs a gradient and has >= 64 rows is normalised like a
+    training pass on it; a smaller one with the reference's statistics at that descriptor; a fixed descriptor with the
+    reference's (cached); and the gradient reaches i every time."""
+    from aiaudio.engine.pretrained import PretrainedEncoder
+
+    model = _model()
+    encoder = PretrainedEncoder(model, nn.Identity(), InvarianceSpace(["a", "b"], min_active=0), True)
+    reference, large, small = (torch.randn(n, 1, 24, 24) * 2 + 1 for n in (16, 64, 8))
+    i = torch.tensor([0.4, 0.7], requires_grad=True)
+    twin = copy.deepcopy(model).train()
+    twin.bn1.eval()  # the stem's statistics do not depend on i
+    with encoder.measured_statistics(reference):
+        out = encoder(large, i)
+        torch.testing.assert_close(out, twin(large, i.detach()), rtol=1e-4, atol=1e-4)
+        out.sum().backward()
+        assert i.grad is not None and bool(i.grad.abs().gt(0).all())
+        with torch.no_grad():
+            stem = model.forward_stem(reference)
+            with model.using_statistics(model.reference_statistics(stem, i.detach())):
+                expected = model(small, i.detach())
+            fixed = encoder(small, i.detach())
+        torch.testing.assert_close(encoder(small, i), expected, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(fixed, expected, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        assert (encoder(small, i.detach()) - expected).abs().max() > 1e-2  # outside the block: running statistics

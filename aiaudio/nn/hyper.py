@@ -90,6 +90,7 @@ class DescriptorContext:
         self.row: int | None = None  # the descriptor's corner when it is binary and a training pass runs (else None)
         self.cumulative = False
         self.recording: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # eval-mode norms append their batch's
+        self.batch_statistics = False  # eval-mode norms normalise with their batch's statistics
         self.statistics: ReferenceStatistics | None = None  # eval-mode norms normalise with these, in layer order
         self.layer = 0  # the next norm's index into ``statistics`` during a forward call
 
@@ -218,6 +219,8 @@ class StackedBatchNorm2d(nn.BatchNorm2d):
             return super().forward(x)
         groups = channels // self.num_features if stacked else 1
         context = self.context
+        if context is not None and context.batch_statistics:
+            return self._batch_normalise(x, groups)
         if context is not None and context.recording is not None:
             mean, var = x.float().mean((0, 2, 3)), x.float().var((0, 2, 3), unbiased=False)
             context.recording.append((mean, var))
@@ -251,8 +254,6 @@ class StackedBatchNorm2d(nn.BatchNorm2d):
         """A training pass over G groups stacked along channels: each group normalised with its own batch
         statistics; the running statistics move towards the groups' average (per-descriptor statistics are not
         updated: a step with several descriptors is no corner's)."""
-        weight = self.weight.repeat(groups) if self.weight is not None else None
-        bias = self.bias.repeat(groups) if self.bias is not None else None
         if self.running_mean is not None and self.track_running_stats:
             with torch.no_grad():
                 count = x.numel() // x.shape[1]
@@ -262,6 +263,12 @@ class StackedBatchNorm2d(nn.BatchNorm2d):
                 rate = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
                 self.running_mean.lerp_(mean, rate)
                 self.running_var.lerp_(var, rate)
+        return self._batch_normalise(x, groups)
+
+    def _batch_normalise(self, x: torch.Tensor, groups: int) -> torch.Tensor:
+        """``x`` normalised with its own batch statistics, per stacked group, and the affine parameters."""
+        weight = self.weight.repeat(groups) if self.weight is not None else None
+        bias = self.bias.repeat(groups) if self.bias is not None else None
         return F.batch_norm(x, None, None, weight, bias, True, 0.0, self.eps)
 
     def _normalise(self, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, groups: int) -> torch.Tensor:

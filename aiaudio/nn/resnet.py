@@ -319,7 +319,8 @@ class HyperResNet(_ResNet):
         """The residual stages applied to a stem output (see :meth:`forward_stem`) for descriptor(s) ``i``."""
         check_descriptor(i, self.inv_dim, stem.shape[0])
         context = self.descriptor_context
-        if (context.statistics is not None or context.recording is not None) and self.training:
+        special = context.statistics is not None or context.recording is not None or context.batch_statistics
+        if special and self.training:
             raise ValueError("reference BatchNorm statistics are for eval mode (a training pass uses its batch's)")
         context.descriptor = i if i.dim() == 1 or i.shape[0] > 1 else i[0]
         if self.training and self.descriptor_statistics:  # the corner whose statistics this pass updates, read once
@@ -367,11 +368,11 @@ class HyperResNet(_ResNet):
         context = self.descriptor_context
         if context.statistics is not None or context.recording is not None:
             raise ValueError("batch statistics cannot be used while reference statistics are in use or measured")
-        context.recording = []
+        context.batch_statistics = True
         try:
             yield
         finally:
-            context.recording = None
+            context.batch_statistics = False
 
     @contextmanager
     def using_statistics(self, statistics: ReferenceStatistics | None) -> Iterator[None]:

@@ -131,8 +131,9 @@ def main(argv: list[str] | None = None) -> int:
                               "config": {"base": "configs/audio/demo.yaml", "steps": args.steps, "batch": args.batch,
                                          "fewshot": "configs/audio/demo_fewshot.yaml"},
                               "seeds": args.seeds, "rows": []}
-    if args.out.is_file():
-        record["rows"] = json.loads(args.out.read_text()).get("rows", [])
+    if args.out.is_file():  # rows of earlier invocations keep the commit they ran at
+        earlier = json.loads(args.out.read_text())
+        record["rows"] = [{"commit": earlier.get("commit"), **row} for row in earlier.get("rows", [])]
     record["floor"] = {label: floor(eval_root, work, label) for label in TASKS}
     done = {(row["variant"], row["seed"]) for row in record["rows"]}
     for variant in args.variants:
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = pretrain(work, variant, seed, args.steps, args.batch, data_root)
             pretrained = time.perf_counter() - started
             tasks = {label: read_out(run_dir, eval_root, work, label) for label in TASKS}
-            row = {"variant": variant, "seed": seed, "overrides": variant_overrides(variant),
+            row = {"variant": variant, "seed": seed, "commit": record["commit"], "overrides": variant_overrides(variant),
                    "pretrain_seconds": round(pretrained, 1), "tasks": tasks}
             record["rows"].append(row)
             print(json.dumps(row), flush=True)

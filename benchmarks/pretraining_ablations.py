@@ -113,6 +113,37 @@ def floor(eval_root: Path, out: Path, label: str) -> dict[str, float]:
     return {"accuracy": 100 * row["accuracy"], "ci95": 100 * row["ci95"]}
 
 
+COLUMNS = ("learned i", "i = all, running", "i = all, reference", "i = learned on validation")
+
+
+def _cell(result: dict[str, float]) -> str:
+    return f"{result['accuracy']:.1f} ± {result['ci95']:.1f}"
+
+
+def render_table(record: dict[str, Any]) -> str:
+    """The record's rows as a Markdown table: one row per (variant, seed), both tasks' readouts side by side."""
+    short = {"family": "timbre", "midi_note": "pitch"}
+    names = {"learned i": "learned i", "i = all, running": "all, running", "i = all, reference": "all, reference",
+             "i = learned on validation": "on val"}
+    header = ["variant", "seed", *(f"{short[t]}: {names[c]}" for t in TASKS for c in COLUMNS),
+              *(f"{short[t]}: plain" for t in TASKS), "pitch_shift learned (timbre, pitch)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    blank = ["" for _ in TASKS for _ in COLUMNS]
+    for row in sorted(record["rows"], key=lambda r: (r["variant"] != "base", r["variant"], r["seed"])):
+        tasks = row["tasks"]
+        if "plain" in tasks[next(iter(TASKS))]:
+            cells = blank + [_cell(tasks[t]["plain"]) for t in TASKS] + [""]
+        else:
+            cells = [_cell(tasks[t][c]) for t in TASKS for c in COLUMNS] + ["" for _ in TASKS]
+            cells.append(", ".join(f"{100 * tasks[t]['learned i']['invariance'][0]:.0f} %" for t in TASKS))
+        lines.append("| " + " | ".join([row["variant"], str(row["seed"]), *cells]) + " |")
+    floor = record.get("floor")
+    if floor:
+        cells = blank + [_cell(floor[t]) for t in TASKS] + [""]
+        lines.append("| " + " | ".join(["MFCC floor (no learning)", "–", *cells]) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="the JSON record")
@@ -121,7 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--table", action="store_true", help="only print the Markdown table of --out")
     args = parser.parse_args(argv)
+    if args.table:
+        print(render_table(json.loads(args.out.read_text())))
+        return 0
     work = args.work
     data_root = generate_synthetic(work / "data", num_clips=DEMO_CLIPS, seed=0)
     eval_root = generate_synthetic(work / "eval_data", num_clips=EVAL_CLIPS, seed=1, num_eval_clips=0)

@@ -130,3 +130,28 @@ def test_vision_pretrain_step_compares_each_pair() -> None:
     assert family["results"][1]["parameters_m"] > family["results"][0]["parameters_m"]
     assert family["ai_over_plain_method"] == pytest.approx(
         family["results"][1]["method_ms"] / family["results"][0]["method_ms"], rel=0.01)
+
+
+def test_pretraining_ablations_name_their_overrides_and_render_every_row() -> None:
+    sys.path.insert(0, str(REPO))
+    from benchmarks.pretraining_ablations import render_table, variant_overrides
+
+    assert variant_overrides("base") == []
+    assert variant_overrides("descriptors_per_step=4") == ["invariance.descriptors_per_step=4"]
+    assert variant_overrides("dependence=0.25") == ["model.dependence=0.25"]
+    assert "model.encoder=plain_resnet18" in variant_overrides("simclr")
+    with pytest.raises(SystemExit, match="key=value"):
+        variant_overrides("nonsense")
+    readouts = {name: {"accuracy": 50.0 + k, "ci95": 2.0, "invariance": [0.25, 1.0]}
+                for k, name in enumerate(("learned i", "i = all, running", "i = all, reference",
+                                          "i = learned on validation"))}
+    record = {"rows": [{"variant": "base", "seed": 0, "tasks": {"family": readouts, "midi_note": readouts}},
+                       {"variant": "simclr", "seed": 0, "tasks": {t: {"plain": {"accuracy": 61.0, "ci95": 1.5}}
+                                                                  for t in ("family", "midi_note")}}],
+              "floor": {"family": {"accuracy": 40.0, "ci95": 3.0}, "midi_note": {"accuracy": 30.0, "ci95": 3.0}}}
+    lines = render_table(record).splitlines()
+    assert len(lines) == 5 and all(line.count("|") == lines[0].count("|") for line in lines)
+    assert "| base | 0 | 50.0 ± 2.0 | 51.0 ± 2.0 | 52.0 ± 2.0 | 53.0 ± 2.0 | 50.0 ± 2.0 |" in lines[2]
+    assert lines[3].startswith("| simclr | 0 |") and "61.0 ± 1.5" in lines[3]
+    assert lines[4].startswith("| MFCC floor") and "40.0 ± 3.0 | 30.0 ± 3.0" in lines[4]
+    assert lines[2].endswith("25 %, 25 % |")

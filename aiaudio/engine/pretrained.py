@@ -189,7 +189,6 @@ class PretrainedEncoder(nn.Module):
         self.source = source
         self.num_features: int = encoder.num_features
         self.reference: torch.Tensor | None = None  # stem outputs of the reference batch (measured_statistics)
-        self.reference_name = "running"
         self._reference_cache: dict[tuple, object] = {}
 
     @property
@@ -198,13 +197,12 @@ class PretrainedEncoder(nn.Module):
         return self.amortised and hasattr(self.encoder, "reference_statistics")
 
     @contextlib.contextmanager
-    def measured_statistics(self, inputs: torch.Tensor | None, name: str = "reference") -> Iterator[None]:
+    def measured_statistics(self, inputs: torch.Tensor | None) -> Iterator[None]:
         """Within the block, normalise at every descriptor with BatchNorm statistics measured on ``inputs`` (a batch
         of model inputs as :meth:`forward` takes them, e.g. 256 training examples; :meth:`inputs` makes them from raw
         ones) at that very descriptor, instead of the running statistics, which
-        pretraining averaged over every descriptor it drew and which fit none of them. ``name`` identifies the
-        reference (:meth:`statistics_name`, e.g. in feature caches). None, or an encoder without such statistics
-        (plain encoders, Prompt-ViTs), changes nothing. While a descriptor is learned (it needs a gradient), a batch
+        pretraining averaged over every descriptor it drew and which fit none of them. None, or an encoder without
+        such statistics (plain encoders, Prompt-ViTs), changes nothing. While a descriptor is learned (it needs a gradient), a batch
         of at least 64 examples normalises with its own statistics at that descriptor, as a training pass does (exact
         and free); a smaller one with the reference's, measured with a gradient. Other descriptors use the
         reference's, measured once per descriptor and cached."""
@@ -213,18 +211,14 @@ class PretrainedEncoder(nn.Module):
             return
         if len(inputs) < 2:
             raise ValueError(f"a reference batch needs at least 2 examples, got {len(inputs)}")
-        previous = self.reference, self.reference_name, self._reference_cache
+        previous = self.reference, self._reference_cache
         with torch.no_grad():
             self.reference = self.forward_stem(inputs.to(self.device))
-        self.reference_name, self._reference_cache = name, {}
+        self._reference_cache = {}
         try:
             yield
         finally:
-            self.reference, self.reference_name, self._reference_cache = previous
-
-    def statistics_name(self) -> str:
-        """What the features' normalisation statistics are: ``running``, or the name of the reference in use."""
-        return self.reference_name
+            self.reference, self._reference_cache = previous
 
     def _using(self, i: torch.Tensor | None, rows: int) -> Any:
         """How a forward pass of ``rows`` examples at ``i`` normalises: the running statistics (no reference); the

@@ -20,7 +20,7 @@ from aiaudio.eval.learner import AmortisedFeatures, EpisodeEncoder, FrozenFeatur
 
 @dataclass
 class StatisticsConfig:
-    """Which BatchNorm statistics an amortised encoder's features at a fixed descriptor use.
+    """Which BatchNorm statistics an amortised encoder's features use at a descriptor chosen for the whole set.
 
     ``source``: ``running``, the checkpoint's running statistics (pretraining averaged them over every descriptor it
     drew, so they fit none exactly); ``reference``, statistics measured at each descriptor on ``size`` examples drawn

@@ -107,12 +107,10 @@ class ReferenceStatistics:
     Attributes:
         means, variances: one ``[C]`` (one descriptor) or ``[G * C]`` (G stacked groups) tensor per block norm, in
             forward order; biased variances, as a training pass normalises with.
-        descriptor: the descriptor(s) they were measured at, ``[K]`` or ``[G, K]``.
     """
 
     means: tuple[torch.Tensor, ...]
     variances: tuple[torch.Tensor, ...]
-    descriptor: torch.Tensor
 
 
 def corner_index(descriptor: torch.Tensor) -> int | None:

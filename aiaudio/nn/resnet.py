@@ -359,7 +359,7 @@ class HyperResNet(_ResNet):
             means, variances = zip(*context.recording)
         finally:
             context.recording = None
-        return ReferenceStatistics(tuple(means), tuple(variances), i.detach())
+        return ReferenceStatistics(tuple(means), tuple(variances))
 
     @contextmanager
     def batch_statistics(self) -> Iterator[None]:

@@ -167,7 +167,7 @@ def run_fewshot(config: FewshotConfig) -> dict[str, Any]:
     device = resolve_device(config.device)
     data = load_evaluation_data(config.data, config.episodes.seed, config.progress, device)
     evaluator = FewshotEvaluator(config.episodes, config.learner, config.sweep, data.episode_data(device), device,
-                                 config.statistics)
+                                 config.statistics, config.set_invariance)
     rows: list[dict[str, Any]] = []
     names: tuple[str, ...] = ()
     if config.checkpoint:

@@ -12,7 +12,7 @@ episode ``e`` is the same whichever batch of episodes it is drawn in.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -41,6 +41,10 @@ class Episodes:
 
     def __len__(self) -> int:
         return self.classes.shape[0]
+
+    def subset(self, index: torch.Tensor | list[int]) -> Episodes:
+        """The episodes at ``index``, in that order."""
+        return Episodes(*(getattr(self, column.name)[index] for column in fields(self)))
 
     @property
     def ways(self) -> int:

@@ -17,11 +17,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from aiaudio.engine.files import atomic_output, atomic_write_text
 from aiaudio.engine.pretrained import PretrainedEncoder
-from aiaudio.eval.episodes import EpisodeSampler, SegmentPool
+from aiaudio.eval.episodes import Episodes, EpisodeSampler, SegmentPool
 from aiaudio.eval.learner import (
+    AmortisedFeatures,
     EpisodeEncoder,
     EpisodeResults,
     FrozenFeatures,
@@ -66,10 +68,12 @@ class FewshotRunConfig:
     the fixed descriptors read out besides the learned one, optional scikit-learn readouts, and the device.
 
     ``selected`` adds readouts whose invariance is chosen once for the whole set on the validation episodes and then
-    fixed for every test episode (:data:`SELECTIONS`): ``"learned"``, the mean of the invariances learned on the
-    validation episodes (with the learned readout's chosen setting); ``"binary"``, the binary descriptor of the
-    space (every one with at least ``min_active`` bits on) that scores best on the validation episodes. A 1-shot
-    support set gives a per-episode learner little to go on; these pool the validation episodes' evidence instead.
+    fixed for every test episode (:data:`SELECTIONS`): ``"jointly"``, one invariance learned by gradient descent on
+    the query loss of the validation episodes (:func:`learn_set_invariance`, set by ``set_invariance``);
+    ``"learned"``, the mean of the invariances learned per validation episode (with the learned readout's chosen
+    setting); ``"binary"``, the binary descriptor of the space (every one with at least ``min_active`` bits on) that
+    scores best on the validation episodes. A 1-shot support set gives a per-episode learner little to go on; these
+    pool the validation episodes' evidence instead.
     """
 
     checkpoint: str | None = None
@@ -82,6 +86,7 @@ class FewshotRunConfig:
     device: str = "auto"
     selected: list[str] = field(default_factory=list)
     statistics: StatisticsConfig = field(default_factory=StatisticsConfig)
+    set_invariance: SetInvarianceConfig = field(default_factory=lambda: SetInvarianceConfig())
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.selected if name not in SELECTIONS]
@@ -90,7 +95,33 @@ class FewshotRunConfig:
 
 
 #: How a set-wide invariance can be chosen on validation episodes (see :class:`FewshotRunConfig`).
-SELECTIONS: tuple[str, ...] = ("learned", "binary")
+SELECTIONS: tuple[str, ...] = ("jointly", "learned", "binary")
+
+
+@dataclass
+class SetInvarianceConfig:
+    """How one invariance for a whole set is learned on its validation episodes (``selected: [jointly]``).
+
+    Each step draws ``episodes_per_step`` validation episodes (every one once per pass, in a seeded order), reads
+    each query segment out by its cosine to the class prototypes of its episode's support set (``scale`` times the
+    cosine as logits, the learner's starting head), and takes an Adam step (``lr``) on the mean cross-entropy of
+    the queries with respect to ``i``, projected back into ``[0, 1]``. ``i`` starts at the learner's ``init``. The
+    objective is the one the test episodes pose, a support set generalising to its queries, pooled over the
+    validation episodes; the BatchNorm statistics follow ``statistics`` (with a reference, a step measures them at
+    the current ``i`` on its own batch, or on the reference when the batch is small).
+    """
+
+    steps: int = 60
+    lr: float = 0.05
+    episodes_per_step: int = 8
+    scale: float = 10.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.episodes_per_step < 1:
+            raise ValueError("set_invariance: steps and episodes_per_step must be >= 1")
+        if self.lr <= 0 or self.scale <= 0:
+            raise ValueError("set_invariance: lr and scale must be positive")
 
 
 @dataclass
@@ -122,9 +153,11 @@ class FewshotEvaluator:
     def __init__(
         self, episodes: EpisodeConfig, learner: LearnerConfig, sweep: SweepConfig, data: EpisodeData,
         device: torch.device, statistics: StatisticsConfig | None = None,
+        set_invariance: SetInvarianceConfig | None = None,
     ) -> None:
         self.learner, self.sweep, self.data, self.device = learner, sweep, data, device
         self.statistics = statistics or StatisticsConfig()
+        self.set_invariance = set_invariance or SetInvarianceConfig()
         self.pool = data.pool
         e = episodes
         self.val_episodes = EpisodeSampler(
@@ -138,6 +171,13 @@ class FewshotEvaluator:
         """The mean of the descriptors ``encoder`` learns on the validation episodes with ``config``."""
         results = run_episodes(encoder, self.pool, self.val_episodes, config, start, self.device)
         return results.descriptors.mean(0).cpu()
+
+    def reference_inputs(self, model: PretrainedEncoder) -> torch.Tensor | None:
+        """Model inputs of the reference batch when ``model``'s features use statistics measured at the descriptor
+        (``statistics.source: reference`` and BatchNorm statistics that depend on it), else None."""
+        if self.statistics.source != "reference" or not model.measures_statistics:
+            return None
+        return self.data.inputs(self.reference_segments())
 
     def best_binary(self, model: PretrainedEncoder) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
         """The binary descriptor of ``model``'s space whose features score best on the validation episodes (the
@@ -172,9 +212,8 @@ class FewshotEvaluator:
         statistics, cached on disk per (checkpoint, data, statistics, descriptor) when the data has a feature folder
         and the model a checkpoint."""
         name = "plain" if descriptor is None else "-".join(f"{v:g}" for v in descriptor.tolist())
-        reference = None
-        if self.statistics.source == "reference" and descriptor is not None and model.measures_statistics:
-            reference = self.reference_segments()
+        referenced = self.statistics.source == "reference" and descriptor is not None and model.measures_statistics
+        if referenced:
             name += f"-reference{self.statistics.size}s{self.statistics.seed}"
         path = None
         if self.data.feature_dir is not None and model.source is not None:
@@ -182,8 +221,7 @@ class FewshotEvaluator:
             if path.is_file():
                 return torch.from_numpy(np.load(path)).to(self.device)
         start = descriptor.to(self.device) if descriptor is not None else None
-        inputs = None if reference is None else self.data.inputs(reference)
-        with model.measured_statistics(inputs):
+        with model.measured_statistics(self.reference_inputs(model) if referenced else None):
             table = feature_table(model, self.data.inputs, self.data.num_segments, start)
         if path is not None:
             with atomic_output(path) as tmp:
@@ -252,7 +290,11 @@ def evaluate_encoder(
         learned_row = next((row for row in rows if row["readout"] == "learned i"), None)
         learned_plan = next((plan for plan in plans if plan.kind == "learned"), None)
         for choice in selected:
-            if choice == "learned" and learned_row is not None and learned_plan is not None:
+            if choice == "jointly":
+                descriptor, trace = learn_set_invariance(evaluator, model)
+                rows.append({**selected_row(evaluator, model, descriptor, "i = learned jointly on validation"),
+                             "set_invariance": trace})
+            elif choice == "learned" and learned_row is not None and learned_plan is not None:
                 setting = with_overrides(evaluator.learner, lr=learned_row["lr"], weight_decay=learned_row["weight_decay"],
                                          invariance_lr=learned_row["invariance_lr"])
                 descriptor = evaluator.validation_invariance(learned_plan.encoder, learned_plan.start, setting)
@@ -266,6 +308,73 @@ def evaluate_encoder(
         descriptor = next((plan.descriptor for plan in plans if plan.kind == "fixed"), None)
         rows += sklearn_rows(evaluator, model, descriptor, rows[0]["model"])
     return rows
+
+
+def prototype_query_loss(
+    encoder: EpisodeEncoder, pool: SegmentPool, episodes: Episodes, descriptor: torch.Tensor, scale: float,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy and accuracy of every valid query segment of ``episodes`` read out by ``scale`` times its
+    cosine to the class prototypes (mean normalised support features) of its episode, all features at one
+    ``descriptor`` ``[K]`` in one pass (differentiable in the descriptor when the encoder learns it)."""
+    e, n, k = episodes.support_segments.shape
+    clips = episodes.query_clips.flatten(1)  # [E, m]
+    segments, valid = pool.query_segments(clips.cpu())  # [E, m, P]
+    rows = torch.cat([episodes.support_segments.flatten(), segments.flatten()]).to(device)
+    features = encoder.features(encoder.prepare(rows), descriptor.unsqueeze(0))
+    features = F.normalize(features.float(), dim=-1)
+    support, queries = features[: e * n * k].view(e, n, k, -1), features[e * n * k:].view(*segments.shape, -1)
+    prototypes = F.normalize(support.mean(2), dim=-1)  # [E, N, F]
+    logits = scale * torch.einsum("empf,enf->empn", queries, prototypes)
+    labels = episodes.query_labels().to(device).unsqueeze(-1).expand(segments.shape)
+    mask = valid.to(device).flatten()
+    flat_logits, flat_labels = logits.flatten(0, 2)[mask], labels.flatten()[mask]
+    loss = F.cross_entropy(flat_logits, flat_labels)
+    accuracy = (flat_logits.argmax(-1) == flat_labels).float().mean()
+    return loss, accuracy.detach()
+
+
+def learn_set_invariance(evaluator: FewshotEvaluator, model: PretrainedEncoder) -> tuple[torch.Tensor, dict[str, Any]]:
+    """One invariance ``[K]`` for the whole set, learned on the validation episodes as
+    :class:`SetInvarianceConfig` says, and its trace: the objective (loss and segment accuracy, each the mean over
+    a pass through the validation episodes) at the first and the last pass, and the descriptor every pass ended at."""
+    config, episodes = evaluator.set_invariance, evaluator.val_episodes
+    encoder = AmortisedFeatures(model, evaluator.data.inputs)
+    descriptor = torch.full((model.space.dim,), float(evaluator.learner.init), device=evaluator.device)
+    descriptor.requires_grad_(True)
+    adam = torch.optim.Adam([descriptor], lr=config.lr)
+    generator = torch.Generator().manual_seed(config.seed)
+    order: list[int] = []
+    passes: list[dict[str, Any]] = []
+    losses: list[float] = []
+    accuracies: list[float] = []
+    with model.measured_statistics(evaluator.reference_inputs(model)):
+        for step in range(config.steps):
+            if not order:
+                order = torch.randperm(len(episodes), generator=generator).tolist()
+            chosen, order = order[: config.episodes_per_step], order[config.episodes_per_step:]
+            batch = episodes.subset(chosen)
+            with torch.enable_grad():
+                loss, accuracy = prototype_query_loss(encoder, evaluator.pool, batch, descriptor, config.scale,
+                                                      evaluator.device)
+                adam.zero_grad()
+                loss.backward()
+            adam.step()
+            with torch.no_grad():
+                descriptor.clamp_(0.0, 1.0)
+            losses.append(float(loss.detach()))
+            accuracies.append(float(accuracy))
+            if not order or step == config.steps - 1:
+                passes.append({"loss": sum(losses) / len(losses), "accuracy": sum(accuracies) / len(accuracies),
+                               "i": descriptor.detach().cpu().tolist()})
+                losses, accuracies = [], []
+    learned = descriptor.detach().cpu()
+    log.info("set-wide invariance learned on %d validation episodes: %s (query loss %.4f -> %.4f)", len(episodes),
+             ", ".join(f"{v:.2f}" for v in learned.tolist()), passes[0]["loss"], passes[-1]["loss"])
+    trace = {"first_pass": {k: passes[0][k] for k in ("loss", "accuracy")},
+             "last_pass": {k: passes[-1][k] for k in ("loss", "accuracy")}, "passes": [p["i"] for p in passes],
+             **{k: getattr(config, k) for k in ("steps", "lr", "episodes_per_step", "scale", "seed")}}
+    return learned, trace
 
 
 def floor_row(evaluator: FewshotEvaluator, table: torch.Tensor, readout: str) -> dict[str, Any]:

@@ -173,7 +173,8 @@ def run_fewshot(config: FewshotConfig) -> dict[str, Any]:
     if config.checkpoint:
         model = load_encoder(config.checkpoint, device)
         names = model.space.names
-        rows += evaluate_encoder(evaluator, model, config.fixed, "amortised", config.sklearn, config.selected)
+        rows += evaluate_encoder(evaluator, model, config.fixed, "amortised", config.sklearn, config.selected,
+                                 config.per_episode)
     if config.baseline:
         rows += evaluate_encoder(evaluator, load_encoder(config.baseline, device), [], "baseline", config.sklearn)
     if config.floor:

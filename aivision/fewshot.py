@@ -121,7 +121,8 @@ def run_fewshot(config: VisionFewshotConfig) -> dict[str, Any]:
         data = episode_data(entries, names, val, test, encoder, config.data.resize)
         evaluator = FewshotEvaluator(config.episodes, config.learner, config.sweep, data, device, config.statistics,
                                      config.set_invariance)
-        rows += evaluate_encoder(evaluator, encoder, fixed, label, config.sklearn, config.selected)
+        rows += evaluate_encoder(evaluator, encoder, fixed, label, config.sklearn, config.selected,
+                                 config.per_episode)
     report = {"config": to_dict(config), "factors": factors, "classes": {"val": len(val), "test": len(test)}, "rows": rows}
     write_report(Path(config.out_dir), report, Path(config.data.root).name)
     return report

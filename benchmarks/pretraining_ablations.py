@@ -10,6 +10,8 @@ invariance; MIDI note, which wants pitch sensitivity; 5-way 3-shot, 120 test epi
 * i = all, reference: every factor on, BatchNorm statistics measured at i = all on 256 validation segments;
 * i = learned on validation: one descriptor for the whole task, the mean of those learned on the validation
   episodes, with reference statistics;
+* i = learned jointly: one descriptor for the whole task learned on the validation episodes' query loss
+  (``selected: [jointly]``), with reference statistics;
 
 and the task's no-learning floor (20 MFCC means and standard deviations, nearest class centroid) is recorded once.
 
@@ -17,7 +19,8 @@ and the task's no-learning floor (20 MFCC means and standard deviations, nearest
         --variants base descriptors_per_step=2 descriptors_per_step=4 descriptors_per_step=8 all_on=0.25 \\
         bits_power=1 dependence=0.25 dependence=1.0 --seeds 0
 
-A variant is ``base`` or ``key=value`` (a key of ``invariance`` or ``model``). Finished runs are reused.
+A variant is ``base`` or ``key=value`` (a key of ``invariance`` or ``model``). Finished runs are reused;
+``--extend`` adds the readouts a recorded row lacks (read out again from its checkpoint) without redoing the others.
 """
 
 from __future__ import annotations
@@ -36,7 +39,14 @@ from aiaudio.audio.synthetic import generate_synthetic  # noqa: E402
 from aiaudio.config import apply_overrides, load_yaml  # noqa: E402
 from aiaudio.demo import BASELINE_OVERRIDES, DEMO_CLIPS, EVAL_CLIPS, TASKS  # noqa: E402
 from aiaudio.encoder import load_encoder  # noqa: E402
-from aiaudio.eval.fewshot import FewshotEvaluator, StatisticsConfig, evaluate_encoder, floor_row  # noqa: E402
+from aiaudio.eval.fewshot import (  # noqa: E402
+    FewshotEvaluator,
+    StatisticsConfig,
+    evaluate_encoder,
+    floor_row,
+    learn_set_invariance,
+    selected_row,
+)
 from aiaudio.eval.learner import FrozenFeatures  # noqa: E402
 from aiaudio.fewshot import FLOOR_READOUT, load_evaluation_data, mfcc_table, parse_fewshot_config  # noqa: E402
 from aiaudio.pretrain import parse_config, run_cache, run_pretrain  # noqa: E402
@@ -44,6 +54,7 @@ from benchmarks.machine import machine_info  # noqa: E402
 from benchmarks.vision_minibench.run import commit  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "audio"
+JOINTLY = "i = learned jointly on validation"
 INVARIANCE_KEYS = ("descriptors_per_step", "bits_power", "all_on", "min_active")
 
 
@@ -73,28 +84,41 @@ def pretrain(out: Path, variant: str, seed: int, steps: int, batch: int, data_ro
     return run_dir
 
 
-def read_out(run_dir: Path, eval_root: Path, out: Path, label: str) -> dict[str, Any]:
-    """Accuracy (%) and 95 % interval of each readout of one run on one task."""
+def _evaluators(run_dir: Path, eval_root: Path, out: Path, label: str) -> tuple[FewshotEvaluator, FewshotEvaluator]:
+    """The task's evaluators with the running statistics and with statistics measured at the descriptor."""
     config = parse_fewshot_config(apply_overrides(load_yaml(CONFIGS / "demo_fewshot.yaml"), [
         f"checkpoint={run_dir}", f"data.root={eval_root}", f"data.label={label}",
         f"data.cache_dir={out / 'cache' / 'fewshot'}", f"out_dir={run_dir / 'fewshot' / label}", "progress=false",
     ]))
     device = torch.device("cpu")
     data = load_evaluation_data(config.data, config.episodes.seed, False, device).episode_data(device)
-    model = load_encoder(run_dir, device)
-    running = FewshotEvaluator(config.episodes, config.learner, config.sweep, data, device,
-                               StatisticsConfig(source="running"))
-    rows: dict[str, Any] = {}
+    return tuple(FewshotEvaluator(config.episodes, config.learner, config.sweep, data, device,
+                                  StatisticsConfig(source=source), config.set_invariance)
+                 for source in ("running", "reference"))
+
+
+def _result(row: dict[str, Any]) -> dict[str, Any]:
+    """Accuracy and interval in percent, and the invariance a readout learned or chose."""
+    invariance = row.get("learned_i") or row.get("chosen_i")
+    return {"accuracy": 100 * row["accuracy"], "ci95": 100 * row["ci95"],
+            **({"invariance": invariance} if invariance else {})}
+
+
+READOUT_NAMES = {"learned i": "learned i", "i = all": "i = all, reference"}
+
+
+def read_out(run_dir: Path, eval_root: Path, out: Path, label: str, jointly_only: bool = False) -> dict[str, Any]:
+    """Accuracy (%) and 95 % interval of each readout of one run on one task (``jointly_only``: just the set-wide
+    invariance learned jointly on validation, for extending a recorded row)."""
+    running, reference = _evaluators(run_dir, eval_root, out, label)
+    model = load_encoder(run_dir, running.device)
     if not model.amortised:
-        row = evaluate_encoder(running, model, [], "baseline")[0]
-        return {"plain": {"accuracy": 100 * row["accuracy"], "ci95": 100 * row["ci95"]}}
-    reference = FewshotEvaluator(config.episodes, config.learner, config.sweep, data, device,
-                                 StatisticsConfig(source="reference"))
-    for row in evaluate_encoder(reference, model, ["all"], "amortised", selected=["learned"]):
-        name = {"learned i": "learned i", "i = all": "i = all, reference"}.get(row["readout"], row["readout"])
-        rows[name] = {"accuracy": 100 * row["accuracy"], "ci95": 100 * row["ci95"],
-                      **({"invariance": row["learned_i"]} if "learned_i" in row else {}),
-                      **({"invariance": row["chosen_i"]} if "chosen_i" in row else {})}
+        return {} if jointly_only else {"plain": _result(evaluate_encoder(running, model, [], "baseline")[0])}
+    if jointly_only:
+        descriptor, trace = learn_set_invariance(reference, model)
+        return {JOINTLY: {**_result(selected_row(reference, model, descriptor, JOINTLY)), "trace": trace}}
+    rows = {READOUT_NAMES.get(row["readout"], row["readout"]): _result(row)
+            for row in evaluate_encoder(reference, model, ["all"], "amortised", selected=["learned", "jointly"])}
     all_on = model.space.all_on()
     row = running.evaluate(FrozenFeatures(running.features(model, all_on)), all_on)
     rows["i = all, running"] = {"accuracy": 100 * row["accuracy"], "ci95": 100 * row["ci95"]}
@@ -113,18 +137,19 @@ def floor(eval_root: Path, out: Path, label: str) -> dict[str, float]:
     return {"accuracy": 100 * row["accuracy"], "ci95": 100 * row["ci95"]}
 
 
-COLUMNS = ("learned i", "i = all, running", "i = all, reference", "i = learned on validation")
+COLUMNS = ("learned i", "i = all, running", "i = all, reference", "i = learned on validation",
+           "i = learned jointly on validation")
 
 
-def _cell(result: dict[str, float]) -> str:
-    return f"{result['accuracy']:.1f} ± {result['ci95']:.1f}"
+def _cell(result: dict[str, float] | None) -> str:
+    return "–" if result is None else f"{result['accuracy']:.1f} ± {result['ci95']:.1f}"
 
 
 def render_table(record: dict[str, Any]) -> str:
     """The record's rows as a Markdown table: one row per (variant, seed), both tasks' readouts side by side."""
     short = {"family": "timbre", "midi_note": "pitch"}
     names = {"learned i": "learned i", "i = all, running": "all, running", "i = all, reference": "all, reference",
-             "i = learned on validation": "on val"}
+             "i = learned on validation": "on val", "i = learned jointly on validation": "jointly"}
     header = ["variant", "seed", *(f"{short[t]}: {names[c]}" for t in TASKS for c in COLUMNS),
               *(f"{short[t]}: plain" for t in TASKS), "pitch_shift learned (timbre, pitch)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -134,7 +159,7 @@ def render_table(record: dict[str, Any]) -> str:
         if "plain" in tasks[next(iter(TASKS))]:
             cells = blank + [_cell(tasks[t]["plain"]) for t in TASKS] + [""]
         else:
-            cells = [_cell(tasks[t][c]) for t in TASKS for c in COLUMNS] + ["" for _ in TASKS]
+            cells = [_cell(tasks[t].get(c)) for t in TASKS for c in COLUMNS] + ["" for _ in TASKS]
             cells.append(", ".join(f"{100 * tasks[t]['learned i']['invariance'][0]:.0f} %" for t in TASKS))
         lines.append("| " + " | ".join([row["variant"], str(row["seed"]), *cells]) + " |")
     floor = record.get("floor")
@@ -153,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--table", action="store_true", help="only print the Markdown table of --out")
+    parser.add_argument("--extend", action="store_true",
+                        help="add the set-wide invariance learned jointly to recorded rows that lack it")
     args = parser.parse_args(argv)
     if args.table:
         print(render_table(json.loads(args.out.read_text())))
@@ -170,6 +197,15 @@ def main(argv: list[str] | None = None) -> int:
         earlier = json.loads(args.out.read_text())
         record["rows"] = [{"commit": earlier.get("commit"), **row} for row in earlier.get("rows", [])]
     record["floor"] = {label: floor(eval_root, work, label) for label in TASKS}
+    if args.extend:
+        for row in record["rows"]:
+            run_dir = args.work / f"{row['variant'].replace('=', '_')}_seed{row['seed']}"
+            for label, task in row["tasks"].items():
+                if "plain" not in task and JOINTLY not in task:
+                    task.update(read_out(run_dir, eval_root, work, label, jointly_only=True))
+                    task[JOINTLY]["commit"] = record["commit"]
+                    print(json.dumps({"variant": row["variant"], "seed": row["seed"], label: task[JOINTLY]}), flush=True)
+                    args.out.write_text(json.dumps(record, indent=2) + "\n")
     done = {(row["variant"], row["seed"]) for row in record["rows"]}
     for variant in args.variants:
         for seed in args.seeds:

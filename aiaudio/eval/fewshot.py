@@ -66,6 +66,7 @@ class FewshotRunConfig:
     """What every few-shot run sets besides its data and episodes (a modality adds ``data`` and ``episodes``):
     the amortised ``checkpoint`` and/or a plain ``baseline`` (run or checkpoint directories), the learner, its sweep,
     the fixed descriptors read out besides the learned one, optional scikit-learn readouts, and the device.
+    ``per_episode: false`` leaves out the readout that learns i per episode (the paper's, and the slowest).
 
     ``selected`` adds readouts whose invariance is chosen once for the whole set on the validation episodes and then
     fixed for every test episode (:data:`SELECTIONS`): ``"jointly"``, one invariance learned by gradient descent on
@@ -87,11 +88,15 @@ class FewshotRunConfig:
     selected: list[str] = field(default_factory=list)
     statistics: StatisticsConfig = field(default_factory=StatisticsConfig)
     set_invariance: SetInvarianceConfig = field(default_factory=lambda: SetInvarianceConfig())
+    per_episode: bool = True
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.selected if name not in SELECTIONS]
         if unknown:
             raise ValueError(f"selected: unknown choice(s) {unknown}; known: {list(SELECTIONS)}")
+        if "learned" in self.selected and not self.per_episode:
+            raise ValueError("selected: 'learned' averages the invariances learned per episode; it needs "
+                             "per_episode=true (or use 'jointly')")
 
 
 #: How a set-wide invariance can be chosen on validation episodes (see :class:`FewshotRunConfig`).
@@ -265,15 +270,19 @@ def episode_summary(results: EpisodeResults, val_accuracy: float | None, config:
 
 def evaluate_encoder(
     evaluator: FewshotEvaluator, model: PretrainedEncoder, fixed: list[str], label: str, sklearn: bool = False,
-    selected: list[str] | tuple[str, ...] = (),
+    selected: list[str] | tuple[str, ...] = (), per_episode: bool = True,
 ) -> list[dict[str, Any]]:
-    """Rows for every readout of ``model`` (``label`` names it: "amortised", "baseline"): learned i, each fixed
-    descriptor and each ``selected`` set-wide invariance (see :class:`FewshotRunConfig`) for an amortised encoder,
-    plain features for any other; optionally scikit-learn readouts too."""
+    """Rows for every readout of ``model`` (``label`` names it: "amortised", "baseline"): i learned per episode
+    (when ``per_episode``), each fixed descriptor and each ``selected`` set-wide invariance (see
+    :class:`FewshotRunConfig`) for an amortised encoder, plain features for any other; optionally scikit-learn
+    readouts too."""
     rows: list[dict[str, Any]] = []
+    if model.amortised and not per_episode and not fixed and not selected:
+        raise ValueError("nothing to read out: per_episode is off and there is no fixed or selected descriptor")
     plans = readout_plans(
-        model, fixed, True, evaluator.learner.init, evaluator.data.inputs, lambda d: evaluator.features(model, d)
-    )
+        model, fixed, per_episode, evaluator.learner.init, evaluator.data.inputs,
+        lambda d: evaluator.features(model, d),
+    ) if fixed or per_episode or not model.amortised else []
     for plan in plans:
         if plan.kind == "learned":
             readout = "learned i"

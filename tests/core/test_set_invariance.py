@@ -14,6 +14,7 @@ from aiaudio.eval.fewshot import (
     EpisodeConfig,
     EpisodeData,
     FewshotEvaluator,
+    FewshotRunConfig,
     SetInvarianceConfig,
     evaluate_encoder,
     learn_set_invariance,
@@ -97,9 +98,9 @@ def test_the_set_wide_invariance_learns_the_known_best_descriptor_and_lowers_the
     again, _ = learn_set_invariance(evaluator, model)
     torch.testing.assert_close(learned, again, rtol=0, atol=0)  # seeded: the same order, the same descriptor
 
-    rows = evaluate_encoder(evaluator, model, ["all"], "amortised", selected=["jointly"])
-    jointly = next(row for row in rows if row["readout"] == "i = learned jointly on validation")
-    fixed = next(row for row in rows if row["readout"] == "i = all")
+    rows = evaluate_encoder(evaluator, model, ["all"], "amortised", selected=["jointly"], per_episode=False)
+    assert [row["readout"] for row in rows] == ["i = all", "i = learned jointly on validation"]
+    fixed, jointly = rows
     torch.testing.assert_close(torch.tensor(jointly["chosen_i"]), learned)
     assert jointly["episodes"] == 60 and jointly["set_invariance"]["steps"] == 40
     assert jointly["accuracy"] > fixed["accuracy"] + 0.2  # i = all keeps the distractor in the features
@@ -110,3 +111,8 @@ def test_bad_set_invariance_settings_are_refused() -> None:
         SetInvarianceConfig(steps=0)
     with pytest.raises(ValueError, match="set_invariance"):
         SetInvarianceConfig(lr=0.0)
+    with pytest.raises(ValueError, match="per_episode"):
+        FewshotRunConfig(selected=["learned"], per_episode=False)
+    evaluator, model = known_evaluator()
+    with pytest.raises(ValueError, match="nothing to read out"):
+        evaluate_encoder(evaluator, model, [], "amortised", per_episode=False)

@@ -94,18 +94,28 @@ def pretrain(config: MinibenchConfig, out: Path, data: Path) -> dict[str, dict[s
     return runs
 
 
-def fewshot(config: MinibenchConfig, out: Path, data: Path) -> dict[str, dict[str, Any]]:
-    """Few-shot runs for every set and shot count; a run already done with the same configuration is reused."""
+def fewshot(
+    config: MinibenchConfig, out: Path, data: Path, step: int | None = None, extra: tuple[str, ...] = ()
+) -> dict[str, dict[str, Any]]:
+    """Few-shot runs for every set and shot count; a run already done with the same configuration is reused.
+
+    ``step``: read out both models' checkpoints after that many pretraining steps (in ``curves/step_N``) instead of
+    the final ones (in ``fewshot``); ``extra``: overrides applied after the stage's own."""
     reports = {}
+    models = [out / name for name in MODELS]
+    where = out / "fewshot"
+    if step is not None:
+        models = [model / "checkpoints" / f"step_{step:08d}" for model in models]
+        where = out / "curves" / f"step_{step}"
     for set_name, set_config in config.fewshot.sets.items():
         for shots in config.fewshot.shots:
             key = f"{set_name}-{shots}shot"
             run_config = parse_fewshot_config(apply_overrides(load_yaml(repo_path(set_config)), [
-                f"checkpoint={out / 'ai_simclr'}", f"baseline={out / 'simclr'}", f"data.root={data / set_name}",
-                f"data.cache_dir={out / 'cache' / 'fewshot'}", f"out_dir={out / 'fewshot' / key}",
-                f"episodes.shots={shots}", "progress=false", *config.fewshot.overrides,
+                f"checkpoint={models[0]}", f"baseline={models[1]}", f"data.root={data / set_name}",
+                f"data.cache_dir={out / 'cache' / 'fewshot'}", f"out_dir={where / key}",
+                f"episodes.shots={shots}", "progress=false", *config.fewshot.overrides, *extra,
             ]))
-            reports[key] = reused_report(out / "fewshot" / key / "results.json", to_dict(run_config),
+            reports[key] = reused_report(where / key / "results.json", to_dict(run_config),
                                          lambda c=run_config: run_fewshot(c), f"few-shot {key}")
     return reports
 
@@ -127,17 +137,25 @@ def _accuracy(row: dict[str, Any]) -> str:
     return f"{100 * row['accuracy']:.1f} ± {100 * row['ci95']:.1f}"
 
 
+JOINTLY = "i = learned jointly"
+
+
 def results_table(reports: dict[str, dict[str, Any]]) -> str:
-    """Accuracy ± 95% CI (%) per set and shot count, and the mean learned i per factor (%), as a Markdown table."""
+    """Accuracy ± 95% CI (%) per set and shot count, and the mean learned i per factor (%), as a Markdown table;
+    with the set-wide invariance learned jointly on validation (``selected: [jointly]``) when the runs have it."""
     factors = next(iter(reports.values()))["factors"]
+    jointly = all(any(row["readout"].startswith(JOINTLY) for row in r["rows"]) for r in reports.values())
     header = ["set", "shots", "SimCLR", "AI-SimCLR, learned i", "AI-SimCLR, i = all",
+              *(["AI-SimCLR, i learned jointly on validation"] if jointly else []),
               *(FACTOR_ABBREVIATIONS.get(name, name) for name in factors)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for key, report in reports.items():
         learned = _row(report, "amortised", "learned i")
         cells = [report["config"]["data"]["name"], str(report["config"]["episodes"]["shots"]),
                  _accuracy(_row(report, "baseline", "linear")), _accuracy(learned),
-                 _accuracy(_row(report, "amortised", "i = all")), *(f"{100 * v:.0f}" for v in learned["learned_i"])]
+                 _accuracy(_row(report, "amortised", "i = all")),
+                 *([_accuracy(_row(report, "amortised", JOINTLY))] if jointly else []),
+                 *(f"{100 * v:.0f}" for v in learned["learned_i"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -23,7 +23,7 @@ from aiaudio.audio.io import write_audio
 from aiaudio.audio.metaaudio import esc50_entries, nsynth_entries
 from aiaudio.audio.synthetic import generate_synthetic
 from aiaudio.config import ConfigError
-from benchmarks.minibench import build, render, run
+from benchmarks.minibench import build, curves, render, run
 from benchmarks.minibench.build import (
     BuildError,
     DecodeCounts,
@@ -512,7 +512,7 @@ def test_run_end_to_end_on_tiny_sets(tmp_path, monkeypatch):
         fewshot=run.FewshotStage(shots=[1, 2], overrides=[
             "episodes.ways=2", "episodes.test_episodes=4", "episodes.val_episodes=2", "learner.steps=1",
             "learner.episodes_per_batch=4", "sweep.lrs=[0.01]", "sweep.invariance_lrs=[0.1]", "sklearn=false",
-            "data.workers=0", "data.stats_clips=16", "device=cpu",
+            "data.workers=0", "data.stats_clips=16", "device=cpu", "set_invariance.steps=4",
         ]),
         measure=run.MeasureStage(overrides=[
             "clips=8", "data.crop_seconds=1.0", "data.cache_workers=0", "descriptors=[all]", "interpolate=[]",
@@ -552,6 +552,24 @@ def test_run_end_to_end_on_tiny_sets(tmp_path, monkeypatch):
     assert len(fewshot_calls) == 4
     again = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert {key: [r["accuracy"] for r in report["rows"]] for key, report in again["fewshot"].items()} == first
+
+    # learning curves: both models' checkpoints after 1 and 2 steps, through the same few-shot stage
+    rows = curves.learning_curves(config, [1, 2])
+    assert len(fewshot_calls) == 12 and (out / "curves" / "step_1" / "esc50-1shot" / "results.json").is_file()
+    fixed_curves = {"SimCLR", "AI-SimCLR, i = all", "AI-SimCLR, i learned jointly on validation"}
+    for step in (1, 2):
+        for key in results["fewshot"]:
+            found = {row["curve"] for row in rows if row["step"] == step and row["set"] == key}
+            assert found == fixed_curves | ({curves.PER_EPISODE} if step == 2 else set())
+    for key, report in results["fewshot"].items():  # step 2 is the final checkpoint: the main run's figures again
+        for model, prefix, label in curves.CURVES[:2]:
+            main_row = next(r for r in report["rows"] if r["model"] == model and r["readout"].startswith(prefix))
+            curve_row = next(r for r in rows if r["step"] == 2 and r["set"] == key and r["curve"] == label)
+            assert curve_row["accuracy"] == pytest.approx(100 * main_row["accuracy"], abs=1e-9)
+    curves.plot(rows, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+    with pytest.raises(ConfigError, match="step_00000003"):
+        curves.learning_curves(config, [3])
 
 
 @pytest.mark.parametrize("budget", ["cpu", "gpu"])

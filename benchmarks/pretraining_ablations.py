@@ -160,7 +160,9 @@ def render_table(record: dict[str, Any]) -> str:
             cells = blank + [_cell(tasks[t]["plain"]) for t in TASKS] + [""]
         else:
             cells = [_cell(tasks[t].get(c)) for t in TASKS for c in COLUMNS] + ["" for _ in TASKS]
-            cells.append(", ".join(f"{100 * tasks[t]['learned i']['invariance'][0]:.0f} %" for t in TASKS))
+            cells.append("; ".join(
+                f"{how} " + ", ".join(f"{100 * tasks[t][key]['invariance'][0]:.0f} %" for t in TASKS)
+                for how, key in (("per episode", "learned i"), ("jointly", JOINTLY)) if all(key in tasks[t] for t in TASKS)))
         lines.append("| " + " | ".join([row["variant"], str(row["seed"]), *cells]) + " |")
     floor = record.get("floor")
     if floor:

@@ -145,13 +145,19 @@ def test_pretraining_ablations_name_their_overrides_and_render_every_row() -> No
     readouts = {name: {"accuracy": 50.0 + k, "ci95": 2.0, "invariance": [0.25, 1.0]}
                 for k, name in enumerate(("learned i", "i = all, running", "i = all, reference",
                                           "i = learned on validation"))}
+    readouts_tasks = ("family", "midi_note")
     record = {"rows": [{"variant": "base", "seed": 0, "tasks": {"family": readouts, "midi_note": readouts}},
                        {"variant": "simclr", "seed": 0, "tasks": {t: {"plain": {"accuracy": 61.0, "ci95": 1.5}}
                                                                   for t in ("family", "midi_note")}}],
               "floor": {"family": {"accuracy": 40.0, "ci95": 3.0}, "midi_note": {"accuracy": 30.0, "ci95": 3.0}}}
     lines = render_table(record).splitlines()
     assert len(lines) == 5 and all(line.count("|") == lines[0].count("|") for line in lines)
-    assert "| base | 0 | 50.0 ± 2.0 | 51.0 ± 2.0 | 52.0 ± 2.0 | 53.0 ± 2.0 | 50.0 ± 2.0 |" in lines[2]
+    # a row recorded before the jointly learned readout existed shows a dash there
+    assert "| base | 0 | 50.0 ± 2.0 | 51.0 ± 2.0 | 52.0 ± 2.0 | 53.0 ± 2.0 | – | 50.0 ± 2.0 |" in lines[2]
     assert lines[3].startswith("| simclr | 0 |") and "61.0 ± 1.5" in lines[3]
     assert lines[4].startswith("| MFCC floor") and "40.0 ± 3.0 | 30.0 ± 3.0" in lines[4]
-    assert lines[2].endswith("25 %, 25 % |")
+    assert lines[2].endswith("| per episode 25 %, 25 % |")
+    jointly = {"accuracy": 70.0, "ci95": 2.5, "invariance": [0.0, 1.0]}
+    record["rows"][0]["tasks"] = {t: {**readouts, "i = learned jointly on validation": jointly} for t in readouts_tasks}
+    line = render_table(record).splitlines()[2]
+    assert "| 53.0 ± 2.0 | 70.0 ± 2.5 | 50.0 ± 2.0 |" in line and line.endswith("per episode 25 %, 25 %; jointly 0 %, 0 % |")

@@ -92,7 +92,7 @@ def learning_curves(config: MinibenchConfig, steps: list[int]) -> list[dict[str,
         rows += curve_rows(fewshot(config, out, data, step, CURVE_OVERRIDES), step)
     results = out / "results.json"
     if results.is_file():
-        final = {run["summary"]["final_step"] for run in json.loads(results.read_text())["pretrain"].values()}
+        final = {run["config"]["trainer"]["steps"] for run in json.loads(results.read_text())["pretrain"].values()}
         if len(final) == 1 and final <= set(steps):
             reports = {key: json.loads((out / "fewshot" / key / "results.json").read_text()) for key in _keys(config)}
             rows += [row for row in curve_rows(reports, final.pop()) if row["curve"] == PER_EPISODE]

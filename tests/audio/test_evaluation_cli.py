@@ -15,7 +15,7 @@ FEWSHOT_ARGS = [
     "data.name=synthetic", "data.label=family", "data.segment_seconds=1.0", "data.workers=0", "data.stats_clips=16",
     "episodes.ways=3", "episodes.shots=2", "episodes.queries=1", "episodes.test_episodes=12", "episodes.val_episodes=6",
     "learner.steps=5", "learner.episodes_per_batch=6", "sweep.lrs=[0.01]", "sweep.invariance_lrs=[0.03,0.1]",
-    "sklearn=true", "device=cpu", "progress=false",
+    "sklearn=true", "device=cpu", "progress=false", "set_invariance.steps=5",
 ]
 
 
@@ -125,6 +125,7 @@ def test_fewshot_on_a_metaaudio_layout_with_an_official_split_file(tiny_checkpoi
         f"data.cache_dir={tmp_path / 'cache'}", "data.workers=0", f"out_dir={out}", "episodes.ways=3", "episodes.shots=1",
         "episodes.queries=1", "episodes.test_episodes=8", "episodes.val_episodes=4", "learner.steps=3",
         "sweep.lrs=[0.01]", "sweep.invariance_lrs=[0.1]", "sklearn=false", "device=cpu", "progress=false",
+        "set_invariance.steps=5",
     )
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "results.json").read_text())
@@ -136,5 +137,6 @@ def test_fewshot_on_a_metaaudio_layout_with_an_official_split_file(tiny_checkpoi
     assert np.bincount(np.load(store / "index.npz")["segment_clip"]).tolist() == [1, 2, 3] * 6
     rows = {row["readout"]: row for row in report["rows"]}
     floor = "MFCC statistics, nearest centroid"
-    assert set(rows) == {"learned i", "i = all", floor} and all(row["episodes"] == 8 for row in rows.values())
+    assert set(rows) == {"learned i", "i = all", "i = learned jointly on validation", floor}
+    assert all(row["episodes"] == 8 for row in rows.values())
     assert rows[floor]["model"] == "floor"

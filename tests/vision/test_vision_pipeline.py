@@ -103,11 +103,13 @@ def test_pretrain_then_linear_fewshot_and_embed(shapes: Path, tmp_path: Path, me
     fewshot = [f"checkpoint={run}", f"baseline={run}", f"out_dir={tmp_path / 'fewshot'}", f"data.root={shapes / 'train'}",
                "data.val_classes=0.5", "data.test_classes=0.5", "episodes.ways=2", "episodes.shots=1",
                "episodes.queries=2", "episodes.test_episodes=6", "episodes.val_episodes=4", "learner.steps=3",
-               "sweep.lrs=[0.01]", "sweep.invariance_lrs=[0.1]", "device=cpu"]
+               "sweep.lrs=[0.01]", "sweep.invariance_lrs=[0.1]", "device=cpu", "set_invariance.steps=3"]
     done = vision_command("fewshot", str(config), *fewshot)
     assert done.returncode == 0, done.stderr
     rows = json.loads((tmp_path / "fewshot" / "results.json").read_text())["rows"]
-    assert [row["readout"] for row in rows][:2] == ["learned i", "i = all"] and rows[0]["episodes"] == 6
+    readouts = [row["readout"] for row in rows]
+    assert readouts[:3] == ["learned i", "i = all", "i = learned jointly on validation"] and rows[0]["episodes"] == 6
+    assert all(0.0 <= value <= 1.0 for value in rows[2]["chosen_i"]) and rows[2]["set_invariance"]["steps"] == 3
 
     done = vision_command("measure", str(REPO / "configs" / "vision" / "measure.yaml"), f"checkpoint={run}",
                           f"data.root={shapes / 'train'}", f"out_dir={tmp_path / 'measure'}", "images=8", "batch_size=8",
@@ -205,7 +207,7 @@ def test_the_shipped_readout_fewshot_and_measure_configs_parse(tmp_path: Path):
                                                 ["checkpoint=run", f"data.root={tmp_path}"]))
     fewshot = parse_fewshot_config(apply_overrides(load_yaml(REPO / "configs" / "vision" / "fewshot_example.yaml"),
                                                    ["checkpoint=run", f"data.root={tmp_path}"]))
-    assert fewshot.episodes.queries == 16 and fewshot.selected == []
+    assert fewshot.episodes.queries == 16 and fewshot.selected == ["jointly"]
 
 
 def test_lowshot_readouts_average_over_seeded_training_subsets(tiny_run: Path, shapes: Path, tmp_path: Path):

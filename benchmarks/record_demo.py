@@ -42,11 +42,12 @@ def record_vision(demo_dir: Path) -> dict:
     return tasks
 
 
-def record(demo_dir: Path) -> dict:
+def record(demo_dir: Path, command: str | None = None) -> dict:
+    """The record of one demo run; ``command``: the command that ran it, when not the plain default."""
     if (demo_dir / "linear").is_dir():
         pretrain = yaml_config(demo_dir / "ai_simclr" / "config.yaml")
         return {
-            "benchmark": "vision_demo", "command": f"aivision demo --out {demo_dir}", "commit": commit(),
+            "benchmark": "vision_demo", "command": command or f"aivision demo --out {demo_dir}", "commit": commit(),
             "machine": {**machine_info(torch.device("cpu")), "cpu_capability": torch.backends.cpu.get_cpu_capability()},
             "seeds": {"pretraining": pretrain["trainer"]["seed"], "splits": 0}, "config": {"pretraining": pretrain},
             "tasks": record_vision(demo_dir),
@@ -54,7 +55,8 @@ def record(demo_dir: Path) -> dict:
     tasks = {}
     for results in sorted((demo_dir / "fewshot").glob("*/results.json")):
         report = json.loads(results.read_text(encoding="utf-8"))
-        rows = {f"{row['model']}: {row['readout']}": {key: row[key] for key in ("accuracy", "ci95", "episodes")}
+        rows = {f"{row['model']}: {row['readout']}": {key: row[key] for key in ("accuracy", "ci95", "episodes", "chosen_i")
+                                                       if key in row}
                 for row in report["rows"]}
         learned = next((row["learned_i"] for row in report["rows"] if row.get("learned_i")), None)
         tasks[results.parent.name] = {"rows": rows, "learned_i": dict(zip(report["factors"], learned or []))}
@@ -64,7 +66,7 @@ def record(demo_dir: Path) -> dict:
     pretrain = yaml_config(demo_dir / "ai_simclr" / "config.yaml")
     return {
         "benchmark": "demo",
-        "command": f"aiaudio demo --out {demo_dir}",
+        "command": command or f"aiaudio demo --out {demo_dir}",
         "commit": commit(),
         "machine": {**machine_info(torch.device("cpu")), "cpu_capability": torch.backends.cpu.get_cpu_capability()},
         "seeds": {"pretraining": pretrain["trainer"]["seed"], "episodes": config["episodes"]["seed"]},
@@ -83,8 +85,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("demo_dir", type=Path)
     parser.add_argument("out", type=Path)
+    parser.add_argument("--command", help="the command that ran the demo (with its environment and overrides)")
     args = parser.parse_args()
-    report = record(args.demo_dir)
+    report = record(args.demo_dir, args.command)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(report["tasks"], indent=2))

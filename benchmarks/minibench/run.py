@@ -160,6 +160,22 @@ def results_table(reports: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def jointly_table(reports: dict[str, dict[str, Any]]) -> str | None:
+    """The invariance learned jointly on each set's validation episodes, per factor in %, as a Markdown table (None
+    when the runs did not learn one)."""
+    if not all(any(row["readout"].startswith(JOINTLY) for row in r["rows"]) for r in reports.values()):
+        return None
+    factors = next(iter(reports.values()))["factors"]
+    header = ["set", "shots", *(FACTOR_ABBREVIATIONS.get(name, name) for name in factors)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for report in reports.values():
+        chosen = _row(report, "amortised", JOINTLY)["chosen_i"]
+        cells = [report["config"]["data"]["name"], str(report["config"]["episodes"]["shots"]),
+                 *(f"{100 * v:.0f}" for v in chosen)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def training_curves(out: Path, path: Path) -> Path:
     """Contrastive loss against step for both models (the AI-SimCLR loss mixes descriptors, one per step)."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -192,10 +208,13 @@ def write_results(out: Path, config: MinibenchConfig, runs: dict, reports: dict,
         "# Mini benchmark results",
         "",
         f"5-way few-shot, {e['queries']} queries per class, {e['test_episodes']} test episodes on test classes "
-        "(hyper-parameters chosen on validation classes); accuracy % ± 95% CI; learned i: mean over test episodes, %.",
+        "(hyper-parameters chosen on validation classes); accuracy % ± 95% CI; learned i: mean over test episodes, %; "
+        "i learned jointly on validation: one invariance per set, learned on the validation episodes' queries.",
         "",
         table,
         "",
+        *([f"Invariance learned jointly on each set's validation episodes (%):", "", jointly, ""]
+          if (jointly := jointly_table(reports)) else []),
         "Pretraining:",
         *pretrain_lines,
         "",

@@ -533,9 +533,12 @@ def test_run_end_to_end_on_tiny_sets(tmp_path, monkeypatch):
     out = tmp_path / "out"
     assert len(fewshot_calls) == 4
     assert (out / "results.md").read_text(encoding="utf-8") == text
-    rows = [line.split(" | ") for line in text.splitlines() if line.startswith(("| esc50 |", "| nsynth |"))]
+    main_table = text.split("Invariance learned jointly")[0]
+    rows = [line.split(" | ") for line in main_table.splitlines() if line.startswith(("| esc50 |", "| nsynth |"))]
     assert sorted((row[0].strip("| "), int(row[1])) for row in rows) == [("esc50", 1), ("esc50", 2), ("nsynth", 1), ("nsynth", 2)]
     assert "AI-SimCLR, i learned jointly on validation" in text  # the MetaAudio configs select it by default
+    jointly_rows = [line for line in text.split("validation episodes (%):")[1].splitlines() if line.startswith("| esc50")]
+    assert len(jointly_rows) == 2 and all(len(line.split(" | ")) == 2 + 7 for line in jointly_rows)
     for row in rows:
         for cell in row[2:6]:
             mean, ci = (float(value) for value in cell.split(" ± "))

@@ -142,11 +142,14 @@ JOINTLY = "i = learned jointly"
 
 def results_table(reports: dict[str, dict[str, Any]]) -> str:
     """Accuracy ± 95% CI (%) per set and shot count, and the mean learned i per factor (%), as a Markdown table;
-    with the set-wide invariance learned jointly on validation (``selected: [jointly]``) when the runs have it."""
+    with the set-wide invariance learned jointly on validation (``selected: [jointly]``) and the no-learning MFCC
+    floor when the runs have them."""
     factors = next(iter(reports.values()))["factors"]
     jointly = all(any(row["readout"].startswith(JOINTLY) for row in r["rows"]) for r in reports.values())
+    floor = all(any(row["model"] == "floor" for row in r["rows"]) for r in reports.values())
     header = ["set", "shots", "SimCLR", "AI-SimCLR, learned i", "AI-SimCLR, i = all",
               *(["AI-SimCLR, i learned jointly on validation"] if jointly else []),
+              *(["MFCC floor (no learning)"] if floor else []),
               *(FACTOR_ABBREVIATIONS.get(name, name) for name in factors)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for key, report in reports.items():
@@ -155,6 +158,7 @@ def results_table(reports: dict[str, dict[str, Any]]) -> str:
                  _accuracy(_row(report, "baseline", "linear")), _accuracy(learned),
                  _accuracy(_row(report, "amortised", "i = all")),
                  *([_accuracy(_row(report, "amortised", JOINTLY))] if jointly else []),
+                 *([_accuracy(next(row for row in report["rows"] if row["model"] == "floor"))] if floor else []),
                  *(f"{100 * v:.0f}" for v in learned["learned_i"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

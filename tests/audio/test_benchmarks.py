@@ -37,7 +37,8 @@ def test_augment_throughput_reports_both_sides(processes: str) -> None:
     assert batched["views"] > 0 and reference["views"] > 0
     # Every batched view comes in whole batches of 4 (from each process when there are two).
     assert batched["views"] % 4 == 0
-    assert report["speedup"] == pytest.approx(batched["views_per_s"] / reference["views_per_s"], rel=0.01)
+    # the script rounds the speedup to 2 decimals: a small one (a loaded machine) is off by up to 0.005
+    assert report["speedup"] == pytest.approx(batched["views_per_s"] / reference["views_per_s"], rel=0.01, abs=0.005)
     expected_layout = "2 single-threaded processes" if processes == "2" else "1 process"
     assert report["setup"]["batched_layout"].startswith(expected_layout)
     assert set(batched["ms_per_batch_by_op"]) == {

@@ -537,13 +537,14 @@ def test_run_end_to_end_on_tiny_sets(tmp_path, monkeypatch):
     rows = [line.split(" | ") for line in main_table.splitlines() if line.startswith(("| esc50 |", "| nsynth |"))]
     assert sorted((row[0].strip("| "), int(row[1])) for row in rows) == [("esc50", 1), ("esc50", 2), ("nsynth", 1), ("nsynth", 2)]
     assert "AI-SimCLR, i learned jointly on validation" in text  # the MetaAudio configs select it by default
+    assert "| MFCC floor (no learning) |" in text  # and the floor
     jointly_rows = [line for line in text.split("validation episodes (%):")[1].splitlines() if line.startswith("| esc50")]
     assert len(jointly_rows) == 2 and all(len(line.split(" | ")) == 2 + 7 for line in jointly_rows)
     for row in rows:
-        for cell in row[2:6]:
+        for cell in row[2:7]:
             mean, ci = (float(value) for value in cell.split(" ± "))
             assert 0.0 <= mean <= 100.0 and ci >= 0.0
-        assert len(row) == 6 + 7 and all(0 <= int(cell.strip("| ")) <= 100 for cell in row[6:])
+        assert len(row) == 7 + 7 and all(0 <= int(cell.strip("| ")) <= 100 for cell in row[7:])
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert sorted(results["fewshot"]) == ["esc50-1shot", "esc50-2shot", "nsynth-1shot", "nsynth-2shot"]
     assert set(results["pretrain"]) == {"ai_simclr", "simclr"}

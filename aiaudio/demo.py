@@ -20,6 +20,7 @@ from aiaudio.audio.synthetic import generate_synthetic
 from aiaudio.config import apply_overrides, load_yaml
 from aiaudio.engine.metrics import read_metrics
 from aiaudio.engine.pretraining import describe_run
+from aiaudio.eval.fewshot import JOINTLY_READOUT
 from aiaudio.fewshot import parse_fewshot_config, run_fewshot
 from aiaudio.measure import parse_measure_config, run_measure
 from aiaudio.pretrain import parse_config, run_cache, run_pretrain
@@ -67,9 +68,6 @@ def run_demo(out: Path, config_dir: Path, overrides: list[str]) -> str:
     return format_report(runs, reports, measured, out, time.perf_counter() - started, pretrained - started)
 
 
-JOINTLY = "i = learned jointly on validation"
-
-
 def format_report(runs: dict, reports: dict, measured: dict, out: Path, elapsed: float, pretrain_seconds: float) -> str:
     """The demo's printout: both runs, the accuracy table (the invariance learned once per task on its validation
     episodes first, then the paper's per-episode one, i = all, SimCLR and the MFCC floor), the invariances learned
@@ -84,8 +82,8 @@ def format_report(runs: dict, reports: dict, measured: dict, out: Path, elapsed:
     invariances: dict[str, dict[str, list[float]]] = {}
     for label, report in reports.items():
         rows = {row["readout"] if row["model"] == "amortised" else row["model"]: row for row in report["rows"]}
-        invariances[label] = {"on validation": rows[JOINTLY]["chosen_i"], "per episode": rows["learned i"]["learned_i"]}
-        cells = [_accuracy(rows[key]) for key in (JOINTLY, "learned i", "i = all", "baseline", "floor")]
+        invariances[label] = {"on validation": rows[JOINTLY_READOUT]["chosen_i"], "per episode": rows["learned i"]["learned_i"]}
+        cells = [_accuracy(rows[key]) for key in (JOINTLY_READOUT, "learned i", "i = all", "baseline", "floor")]
         lines.append(f"  {TASKS[label]:<44}" + "".join(f" {cell:>{max(len(name), 13)}}" for cell, name in zip(cells, columns)))
     factors = next(iter(reports.values()))["factors"]
     lines += ["", "  learned invariance (%; per episode: the mean over test episodes):",

@@ -40,12 +40,12 @@ from aiaudio.config import apply_overrides, load_yaml  # noqa: E402
 from aiaudio.demo import BASELINE_OVERRIDES, DEMO_CLIPS, EVAL_CLIPS, TASKS  # noqa: E402
 from aiaudio.encoder import load_encoder  # noqa: E402
 from aiaudio.eval.fewshot import (  # noqa: E402
+    JOINTLY_READOUT,
     FewshotEvaluator,
     StatisticsConfig,
     evaluate_encoder,
     floor_row,
-    learn_set_invariance,
-    selected_row,
+    jointly_row,
 )
 from aiaudio.eval.learner import FrozenFeatures  # noqa: E402
 from aiaudio.fewshot import FLOOR_READOUT, load_evaluation_data, mfcc_table, parse_fewshot_config  # noqa: E402
@@ -54,7 +54,6 @@ from benchmarks.machine import machine_info  # noqa: E402
 from benchmarks.vision_minibench.run import commit  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "audio"
-JOINTLY = "i = learned jointly on validation"
 INVARIANCE_KEYS = ("descriptors_per_step", "bits_power", "all_on", "min_active")
 
 
@@ -71,9 +70,14 @@ def variant_overrides(variant: str) -> list[str]:
     return [f"{section}.{key}={value}"]
 
 
+def run_directory(work: Path, variant: str, seed: int) -> Path:
+    """Where a variant's pretraining run at ``seed`` lives."""
+    return work / f"{variant.replace('=', '_')}_seed{seed}"
+
+
 def pretrain(out: Path, variant: str, seed: int, steps: int, batch: int, data_root: Path) -> Path:
     """Pretrain one variant (reused when its final checkpoint exists) and return its run directory."""
-    run_dir = out / f"{variant.replace('=', '_')}_seed{seed}"
+    run_dir = run_directory(out, variant, seed)
     overrides = [f"data.root={data_root}", f"data.cache_dir={out / 'cache'}", f"run_dir={run_dir}",
                  f"trainer.steps={steps}", f"trainer.batch_size={batch}", f"trainer.seed={seed}",
                  f"trainer.ckpt_every={steps}", *variant_overrides(variant)]
@@ -115,8 +119,8 @@ def read_out(run_dir: Path, eval_root: Path, out: Path, label: str, jointly_only
     if not model.amortised:
         return {} if jointly_only else {"plain": _result(evaluate_encoder(running, model, [], "baseline")[0])}
     if jointly_only:
-        descriptor, trace = learn_set_invariance(reference, model)
-        return {JOINTLY: {**_result(selected_row(reference, model, descriptor, JOINTLY)), "trace": trace}}
+        row = jointly_row(reference, model)
+        return {JOINTLY_READOUT: {**_result(row), "trace": row["set_invariance"]}}
     rows = {READOUT_NAMES.get(row["readout"], row["readout"]): _result(row)
             for row in evaluate_encoder(reference, model, ["all"], "amortised", selected=["learned", "jointly"])}
     all_on = model.space.all_on()
@@ -137,8 +141,7 @@ def floor(eval_root: Path, out: Path, label: str) -> dict[str, float]:
     return {"accuracy": 100 * row["accuracy"], "ci95": 100 * row["ci95"]}
 
 
-COLUMNS = ("learned i", "i = all, running", "i = all, reference", "i = learned on validation",
-           "i = learned jointly on validation")
+COLUMNS = ("learned i", "i = all, running", "i = all, reference", "i = learned on validation", JOINTLY_READOUT)
 
 
 def _cell(result: dict[str, float] | None) -> str:
@@ -149,7 +152,7 @@ def render_table(record: dict[str, Any]) -> str:
     """The record's rows as a Markdown table: one row per (variant, seed), both tasks' readouts side by side."""
     short = {"family": "timbre", "midi_note": "pitch"}
     names = {"learned i": "learned i", "i = all, running": "all, running", "i = all, reference": "all, reference",
-             "i = learned on validation": "on val", "i = learned jointly on validation": "jointly"}
+             "i = learned on validation": "on val", JOINTLY_READOUT: "jointly"}
     header = ["variant", "seed", *(f"{short[t]}: {names[c]}" for t in TASKS for c in COLUMNS),
               *(f"{short[t]}: plain" for t in TASKS), "pitch_shift learned (timbre, pitch)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -162,7 +165,7 @@ def render_table(record: dict[str, Any]) -> str:
             cells = [_cell(tasks[t].get(c)) for t in TASKS for c in COLUMNS] + ["" for _ in TASKS]
             cells.append("; ".join(
                 f"{how} " + ", ".join(f"{100 * tasks[t][key]['invariance'][0]:.0f} %" for t in TASKS)
-                for how, key in (("per episode", "learned i"), ("jointly", JOINTLY)) if all(key in tasks[t] for t in TASKS)))
+                for how, key in (("per episode", "learned i"), ("jointly", JOINTLY_READOUT)) if all(key in tasks[t] for t in TASKS)))
         lines.append("| " + " | ".join([row["variant"], str(row["seed"]), *cells]) + " |")
     floor = record.get("floor")
     if floor:
@@ -201,12 +204,12 @@ def main(argv: list[str] | None = None) -> int:
     record["floor"] = {label: floor(eval_root, work, label) for label in TASKS}
     if args.extend:
         for row in record["rows"]:
-            run_dir = args.work / f"{row['variant'].replace('=', '_')}_seed{row['seed']}"
+            run_dir = run_directory(work, row["variant"], row["seed"])
             for label, task in row["tasks"].items():
-                if "plain" not in task and JOINTLY not in task:
+                if "plain" not in task and JOINTLY_READOUT not in task:
                     task.update(read_out(run_dir, eval_root, work, label, jointly_only=True))
-                    task[JOINTLY]["commit"] = record["commit"]
-                    print(json.dumps({"variant": row["variant"], "seed": row["seed"], label: task[JOINTLY]}), flush=True)
+                    task[JOINTLY_READOUT]["commit"] = record["commit"]
+                    print(json.dumps({"variant": row["variant"], "seed": row["seed"], label: task[JOINTLY_READOUT]}), flush=True)
                     args.out.write_text(json.dumps(record, indent=2) + "\n")
     done = {(row["variant"], row["seed"]) for row in record["rows"]}
     for variant in args.variants:

@@ -62,6 +62,32 @@ class EpisodeConfig:
 
 
 @dataclass
+class SetInvarianceConfig:
+    """How one invariance for a whole set is learned on its validation episodes (``selected: [jointly]``).
+
+    Each step draws ``episodes_per_step`` validation episodes (every one once per pass, in a seeded order), reads
+    each query segment out by its cosine to the class prototypes of its episode's support set (``scale`` times the
+    cosine as logits, the learner's starting head), and takes an Adam step (``lr``) on the mean cross-entropy of
+    the queries with respect to ``i``, projected back into ``[0, 1]``. ``i`` starts at the learner's ``init``. The
+    objective is the one the test episodes pose, a support set generalising to its queries, pooled over the
+    validation episodes; the BatchNorm statistics follow ``statistics`` (with a reference, a step measures them at
+    the current ``i`` on its own batch, or on the reference when the batch is small).
+    """
+
+    steps: int = 60
+    lr: float = 0.05
+    episodes_per_step: int = 8
+    scale: float = 10.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.episodes_per_step < 1:
+            raise ValueError("set_invariance: steps and episodes_per_step must be >= 1")
+        if self.lr <= 0 or self.scale <= 0:
+            raise ValueError("set_invariance: lr and scale must be positive")
+
+
+@dataclass
 class FewshotRunConfig:
     """What every few-shot run sets besides its data and episodes (a modality adds ``data`` and ``episodes``):
     the amortised ``checkpoint`` and/or a plain ``baseline`` (run or checkpoint directories), the learner, its sweep,
@@ -88,7 +114,7 @@ class FewshotRunConfig:
     device: str = "auto"
     selected: list[str] = field(default_factory=lambda: ["jointly"])
     statistics: StatisticsConfig = field(default_factory=StatisticsConfig)
-    set_invariance: SetInvarianceConfig = field(default_factory=lambda: SetInvarianceConfig())
+    set_invariance: SetInvarianceConfig = field(default_factory=SetInvarianceConfig)
     per_episode: bool = True
 
     def __post_init__(self) -> None:
@@ -102,32 +128,8 @@ class FewshotRunConfig:
 
 #: How a set-wide invariance can be chosen on validation episodes (see :class:`FewshotRunConfig`).
 SELECTIONS: tuple[str, ...] = ("jointly", "learned", "binary")
-
-
-@dataclass
-class SetInvarianceConfig:
-    """How one invariance for a whole set is learned on its validation episodes (``selected: [jointly]``).
-
-    Each step draws ``episodes_per_step`` validation episodes (every one once per pass, in a seeded order), reads
-    each query segment out by its cosine to the class prototypes of its episode's support set (``scale`` times the
-    cosine as logits, the learner's starting head), and takes an Adam step (``lr``) on the mean cross-entropy of
-    the queries with respect to ``i``, projected back into ``[0, 1]``. ``i`` starts at the learner's ``init``. The
-    objective is the one the test episodes pose, a support set generalising to its queries, pooled over the
-    validation episodes; the BatchNorm statistics follow ``statistics`` (with a reference, a step measures them at
-    the current ``i`` on its own batch, or on the reference when the batch is small).
-    """
-
-    steps: int = 60
-    lr: float = 0.05
-    episodes_per_step: int = 8
-    scale: float = 10.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.steps < 1 or self.episodes_per_step < 1:
-            raise ValueError("set_invariance: steps and episodes_per_step must be >= 1")
-        if self.lr <= 0 or self.scale <= 0:
-            raise ValueError("set_invariance: lr and scale must be positive")
+#: The readout name of the invariance learned jointly on the validation episodes (``selected: [jointly]``).
+JOINTLY_READOUT = "i = learned jointly on validation"
 
 
 @dataclass
@@ -301,9 +303,7 @@ def evaluate_encoder(
         learned_plan = next((plan for plan in plans if plan.kind == "learned"), None)
         for choice in selected:
             if choice == "jointly":
-                descriptor, trace = learn_set_invariance(evaluator, model)
-                rows.append({**selected_row(evaluator, model, descriptor, "i = learned jointly on validation"),
-                             "set_invariance": trace})
+                rows.append(jointly_row(evaluator, model))
             elif choice == "learned" and learned_row is not None and learned_plan is not None:
                 setting = with_overrides(evaluator.learner, lr=learned_row["lr"], weight_decay=learned_row["weight_decay"],
                                          invariance_lr=learned_row["invariance_lr"])
@@ -385,6 +385,13 @@ def learn_set_invariance(evaluator: FewshotEvaluator, model: PretrainedEncoder) 
              "last_pass": {k: passes[-1][k] for k in ("loss", "accuracy")}, "passes": [p["i"] for p in passes],
              **{k: getattr(config, k) for k in ("steps", "lr", "episodes_per_step", "scale", "seed")}}
     return learned, trace
+
+
+def jointly_row(evaluator: FewshotEvaluator, model: PretrainedEncoder) -> dict[str, Any]:
+    """The row of the invariance learned jointly on the validation episodes (:func:`learn_set_invariance`), scored
+    on the test episodes, with its trace under ``set_invariance``."""
+    descriptor, trace = learn_set_invariance(evaluator, model)
+    return {**selected_row(evaluator, model, descriptor, JOINTLY_READOUT), "set_invariance": trace}
 
 
 def floor_row(evaluator: FewshotEvaluator, table: torch.Tensor, readout: str) -> dict[str, Any]:

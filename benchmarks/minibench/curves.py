@@ -28,6 +28,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from aiaudio.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict  # noqa: E402
+from aiaudio.eval.fewshot import JOINTLY_READOUT  # noqa: E402
 from benchmarks.machine import machine_info  # noqa: E402
 from benchmarks.minibench.run import MODELS, MinibenchConfig, fewshot  # noqa: E402
 from benchmarks.pipeline import repo_path  # noqa: E402
@@ -37,7 +38,7 @@ from benchmarks.vision_minibench.run import commit  # noqa: E402
 CURVES: tuple[tuple[str, str, str], ...] = (
     ("baseline", "linear", "SimCLR"),
     ("amortised", "i = all", "AI-SimCLR, i = all"),
-    ("amortised", "i = learned jointly", "AI-SimCLR, i learned jointly on validation"),
+    ("amortised", JOINTLY_READOUT, "AI-SimCLR, i learned jointly on validation"),
     ("amortised", "learned i", "AI-SimCLR, i learned per episode"),
 )
 PER_EPISODE = CURVES[3][2]

@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from aiaudio.config import ConfigError, apply_overrides, load_yaml, to_dict  # noqa: E402
 from aiaudio.engine.files import atomic_write_text  # noqa: E402
 from aiaudio.engine.metrics import read_metrics  # noqa: E402
+from aiaudio.eval.fewshot import JOINTLY_READOUT  # noqa: E402
 from aiaudio.fewshot import parse_fewshot_config, run_fewshot  # noqa: E402
 from aiaudio.measure import parse_measure_config, run_measure  # noqa: E402
 from aiaudio.pretrain import parse_config, run_cache, run_pretrain  # noqa: E402
@@ -137,7 +138,10 @@ def _accuracy(row: dict[str, Any]) -> str:
     return f"{100 * row['accuracy']:.1f} ± {100 * row['ci95']:.1f}"
 
 
-JOINTLY = "i = learned jointly"
+def _every_report(reports: dict[str, dict[str, Any]], model: str, prefix: str = "") -> bool:
+    """Whether every report has a row of ``model`` whose readout starts with ``prefix``."""
+    return all(any(row["model"] == model and row["readout"].startswith(prefix) for row in r["rows"])
+               for r in reports.values())
 
 
 def results_table(reports: dict[str, dict[str, Any]]) -> str:
@@ -145,8 +149,7 @@ def results_table(reports: dict[str, dict[str, Any]]) -> str:
     with the set-wide invariance learned jointly on validation (``selected: [jointly]``) and the no-learning MFCC
     floor when the runs have them."""
     factors = next(iter(reports.values()))["factors"]
-    jointly = all(any(row["readout"].startswith(JOINTLY) for row in r["rows"]) for r in reports.values())
-    floor = all(any(row["model"] == "floor" for row in r["rows"]) for r in reports.values())
+    jointly, floor = _every_report(reports, "amortised", JOINTLY_READOUT), _every_report(reports, "floor")
     header = ["set", "shots", "SimCLR", "AI-SimCLR, learned i", "AI-SimCLR, i = all",
               *(["AI-SimCLR, i learned jointly on validation"] if jointly else []),
               *(["MFCC floor (no learning)"] if floor else []),
@@ -157,8 +160,8 @@ def results_table(reports: dict[str, dict[str, Any]]) -> str:
         cells = [report["config"]["data"]["name"], str(report["config"]["episodes"]["shots"]),
                  _accuracy(_row(report, "baseline", "linear")), _accuracy(learned),
                  _accuracy(_row(report, "amortised", "i = all")),
-                 *([_accuracy(_row(report, "amortised", JOINTLY))] if jointly else []),
-                 *([_accuracy(next(row for row in report["rows"] if row["model"] == "floor"))] if floor else []),
+                 *([_accuracy(_row(report, "amortised", JOINTLY_READOUT))] if jointly else []),
+                 *([_accuracy(_row(report, "floor", ""))] if floor else []),
                  *(f"{100 * v:.0f}" for v in learned["learned_i"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -167,13 +170,13 @@ def results_table(reports: dict[str, dict[str, Any]]) -> str:
 def jointly_table(reports: dict[str, dict[str, Any]]) -> str | None:
     """The invariance learned jointly on each set's validation episodes, per factor in %, as a Markdown table (None
     when the runs did not learn one)."""
-    if not all(any(row["readout"].startswith(JOINTLY) for row in r["rows"]) for r in reports.values()):
+    if not _every_report(reports, "amortised", JOINTLY_READOUT):
         return None
     factors = next(iter(reports.values()))["factors"]
     header = ["set", "shots", *(FACTOR_ABBREVIATIONS.get(name, name) for name in factors)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for report in reports.values():
-        chosen = _row(report, "amortised", JOINTLY)["chosen_i"]
+        chosen = _row(report, "amortised", JOINTLY_READOUT)["chosen_i"]
         cells = [report["config"]["data"]["name"], str(report["config"]["episodes"]["shots"]),
                  *(f"{100 * v:.0f}" for v in chosen)]
         lines.append("| " + " | ".join(cells) + " |")
@@ -217,7 +220,7 @@ def write_results(out: Path, config: MinibenchConfig, runs: dict, reports: dict,
         "",
         table,
         "",
-        *([f"Invariance learned jointly on each set's validation episodes (%):", "", jointly, ""]
+        *(["Invariance learned jointly on each set's validation episodes (%):", "", jointly, ""]
           if (jointly := jointly_table(reports)) else []),
         "Pretraining:",
         *pretrain_lines,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aiaudio.demo import JOINTLY, format_report
+from aiaudio.demo import format_report
+from aiaudio.eval.fewshot import JOINTLY_READOUT as JOINTLY
 
 FACTORS = ["pitch_shift", "fade_in", "fade_out", "noise", "time_mask", "time_shift", "time_stretch"]
 

@@ -51,6 +51,8 @@ class InvariancePrompt(nn.Module):
         self.inv_dim, self.dim, self.prompts = inv_dim, dim, prompts
         self.hidden = nn.Linear(inv_dim, prompts * dim)
         self.out = nn.Linear(prompts * dim, dim)
+        for layer in (self.hidden, self.out):  # the prompt is the descriptor's whole influence
+            layer.descriptor_dependent = ("weight", "bias")
 
     def forward(self, descriptor: torch.Tensor) -> torch.Tensor:
         rows = descriptor.reshape(-1, self.inv_dim).to(self.hidden.weight.dtype)

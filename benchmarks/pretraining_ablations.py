@@ -17,9 +17,10 @@ and the task's no-learning floor (20 MFCC means and standard deviations, nearest
 
     python benchmarks/pretraining_ablations.py --out benchmarks/results/pretraining_ablations_cpu.json \\
         --variants base descriptors_per_step=2 descriptors_per_step=4 descriptors_per_step=8 all_on=0.25 \\
-        bits_power=1 dependence=0.25 dependence=1.0 --seeds 0
+        bits_power=1 dependence=0.25 dependence=1.0 hyper_lr_scale=0.1 --seeds 0
 
-A variant is ``base`` or ``key=value`` (a key of ``invariance`` or ``model``). Finished runs are reused;
+A variant is ``base``, ``simclr`` or ``key=value`` (a key of ``invariance`` or ``model``, or ``hyper_lr_scale`` /
+``hyper_weight_decay`` of ``trainer``). Finished runs are reused;
 ``--extend`` adds the readouts a recorded row lacks (read out again from its checkpoint) without redoing the others.
 """
 
@@ -55,6 +56,7 @@ from benchmarks.vision_minibench.run import commit  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "audio"
 INVARIANCE_KEYS = ("descriptors_per_step", "bits_power", "all_on", "min_active")
+TRAINER_KEYS = ("hyper_lr_scale", "hyper_weight_decay")
 
 
 def variant_overrides(variant: str) -> list[str]:
@@ -66,7 +68,7 @@ def variant_overrides(variant: str) -> list[str]:
     key, _, value = variant.partition("=")
     if not value:
         raise SystemExit(f"variant {variant!r}: expected base, simclr or key=value")
-    section = "invariance" if key in INVARIANCE_KEYS else "model"
+    section = "invariance" if key in INVARIANCE_KEYS else "trainer" if key in TRAINER_KEYS else "model"
     return [f"{section}.{key}={value}"]
 
 

@@ -20,25 +20,48 @@ OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd", "lars")
 SCHEDULES: tuple[str, ...] = ("warmup_cosine", "step", "constant")
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def parameter_groups(
+    model: nn.Module, weight_decay: float, hyper_lr_scale: float = 1.0, hyper_weight_decay: float | None = None,
+) -> list[dict[str, Any]]:
     """Two groups: decayed weights, and normalisation parameters with ordinary biases (not decayed, not adapted).
 
     A module may mark its bias as a weight (``bias_is_weight = True``), as the hypernetworks do: their output bias is
     the base convolution kernel, which is decayed (and LARS-adapted) like any kernel.
+
+    A module may name its descriptor-dependent parameters (``descriptor_dependent = ("weight", ...)``): the invariance
+    embeddings and hypernetwork layers through which the descriptor shapes the kernels or prompts, not the base
+    kernels. With ``hyper_lr_scale != 1`` or a ``hyper_weight_decay``, they get groups of their own: learning rate
+    ``hyper_lr_scale`` times the base (``lr_scale``, applied by :func:`build_optimizer`), weights decayed by
+    ``hyper_weight_decay`` (default ``weight_decay``), plain biases not decayed.
     """
-    decay, no_decay = [], []
+    if not hyper_lr_scale > 0 or (hyper_weight_decay is not None and not hyper_weight_decay >= 0):
+        raise ValueError(f"hyper_lr_scale must be positive and hyper_weight_decay >= 0, got {hyper_lr_scale}, "
+                         f"{hyper_weight_decay}")
+    separate = hyper_lr_scale != 1.0 or hyper_weight_decay is not None
+    decay, no_decay, hyper, hyper_bias = [], [], [], []
     norm_types = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
     for module in model.modules():
+        dependent = getattr(module, "descriptor_dependent", ())
         for name, param in module.named_parameters(recurse=False):
             if not param.requires_grad:
                 continue
             is_norm = isinstance(module, norm_types)
             is_plain_bias = name == "bias" and not getattr(module, "bias_is_weight", False)
-            (no_decay if is_norm or is_plain_bias else decay).append(param)
-    return [
+            if separate and name in dependent:
+                (hyper_bias if is_plain_bias else hyper).append(param)
+            else:
+                (no_decay if is_norm or is_plain_bias else decay).append(param)
+    groups = [
         {"params": decay, "weight_decay": weight_decay, "lars_adapt": True},
         {"params": no_decay, "weight_decay": 0.0, "lars_adapt": False},
     ]
+    if separate:
+        hyper_decay = weight_decay if hyper_weight_decay is None else hyper_weight_decay
+        groups += [
+            {"params": hyper, "weight_decay": hyper_decay, "lars_adapt": True, "lr_scale": hyper_lr_scale},
+            {"params": hyper_bias, "weight_decay": 0.0, "lars_adapt": False, "lr_scale": hyper_lr_scale},
+        ]
+    return groups
 
 
 class LARS(torch.optim.Optimizer):
@@ -89,7 +112,9 @@ def build_optimizer(
     name: str, groups: list[dict[str, Any]], lr: float, betas: tuple[float, float] = (0.9, 0.999),
     momentum: float = 0.9, nesterov: bool = False, trust_coefficient: float = 0.001,
 ) -> torch.optim.Optimizer:
-    """The optimiser ``name`` (one of :data:`OPTIMIZERS`) over parameter groups that carry their weight decay."""
+    """The optimiser ``name`` (one of :data:`OPTIMIZERS`) over parameter groups that carry their weight decay (and
+    optionally an ``lr_scale``: that group's learning rate is ``lr_scale * lr``, and schedules scale it alike)."""
+    groups = [{**group, "lr": lr * group["lr_scale"]} if "lr_scale" in group else group for group in groups]
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=betas)
     if name == "sgd":

@@ -51,6 +51,9 @@ class TrainerConfig:
     ``batch_size`` is the global batch per step, split evenly over ranks.
     ``optimizer``: "adamw" (``beta1``, ``beta2``), "sgd" or "lars" (``momentum``, ``nesterov``; LARS also
     ``lars_trust``); ``weight_decay`` applies to weights, never to normalisation parameters or plain biases.
+    ``hyper_lr_scale`` and ``hyper_weight_decay``: the learning rate (a multiple of ``lr``) and weight decay (null: the
+    same as the other weights) of an amortised encoder's descriptor-dependent parameters (invariance embeddings,
+    hypernetwork layers, prompt MLPs; not the base kernels).
     ``schedule``: "warmup_cosine" (down to ``min_lr_ratio``), "step" (times ``gamma`` at each of ``milestones``) or
     "constant", each after ``warmup_steps`` of linear warm-up.
     ``precision``: "auto" (bf16 autocast on CUDA, fp32 elsewhere), "bf16" or "fp32".
@@ -64,6 +67,8 @@ class TrainerConfig:
     optimizer: str = "adamw"
     lr: float = 1e-3
     weight_decay: float = 1e-5
+    hyper_lr_scale: float = 1.0
+    hyper_weight_decay: float | None = None
     beta1: float = 0.9
     beta2: float = 0.999
     momentum: float = 0.9
@@ -103,6 +108,10 @@ class TrainerConfig:
             raise ValueError(f"trainer.lr must be a positive number, got {self.lr}")
         if not self.weight_decay >= 0:
             raise ValueError(f"trainer.weight_decay must be >= 0, got {self.weight_decay}")
+        if not (self.hyper_lr_scale > 0 and math.isfinite(self.hyper_lr_scale)):
+            raise ValueError(f"trainer.hyper_lr_scale must be a positive number, got {self.hyper_lr_scale}")
+        if self.hyper_weight_decay is not None and not self.hyper_weight_decay >= 0:
+            raise ValueError(f"trainer.hyper_weight_decay must be null or >= 0, got {self.hyper_weight_decay}")
         for name in ("beta1", "beta2", "momentum"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"trainer.{name} must lie in [0, 1), got {getattr(self, name)}")
@@ -241,8 +250,9 @@ class Trainer:
         self.model = model.to(self.device)
         if config.use_channels_last(self.device):
             self.model = self.model.to(memory_format=torch.channels_last)
+        groups = parameter_groups(self.model, config.weight_decay, config.hyper_lr_scale, config.hyper_weight_decay)
         self.optimizer = build_optimizer(
-            config.optimizer, parameter_groups(self.model, config.weight_decay), config.lr,
+            config.optimizer, groups, config.lr,
             betas=(config.beta1, config.beta2), momentum=config.momentum, nesterov=config.nesterov,
             trust_coefficient=config.lars_trust,
         )

@@ -340,6 +340,7 @@ class InvarianceEmbedding(nn.Linear):
         if inv_dim < 1 or embed_dim < 1:
             raise ValueError(f"InvarianceEmbedding needs inv_dim >= 1 and embed_dim >= 1, got {inv_dim}, {embed_dim}")
         super().__init__(inv_dim, embed_dim, bias=False)
+        self.descriptor_dependent = ("weight",)
 
     def reset_parameters(self) -> None:
         """``N(0, 1 / m)``, m = max(K / 2, 1): unit-variance embeddings for descriptors with half their bits on."""
@@ -402,8 +403,11 @@ class HyperConv2d(nn.Module):
         self.hidden_to_kernel = nn.Linear(hidden_dim, math.prod(self.kernel_shape), device="meta").to_empty(
             device=torch.get_default_device()
         )
-        # Its bias is the base convolution kernel: weight-decay it like a kernel, not like a bias.
+        # Its bias is the base convolution kernel: weight-decay it like a kernel, not like a bias. Everything else
+        # carries the descriptor's influence (an optimiser may treat it apart: trainer.hyper_lr_scale).
         self.hidden_to_kernel.bias_is_weight = True
+        self.hidden_to_kernel.descriptor_dependent = ("weight",)
+        self.embed_to_hidden.descriptor_dependent = ("weight", "bias")
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

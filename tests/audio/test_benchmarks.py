@@ -140,6 +140,7 @@ def test_pretraining_ablations_name_their_overrides_and_render_every_row() -> No
     assert variant_overrides("base") == []
     assert variant_overrides("descriptors_per_step=4") == ["invariance.descriptors_per_step=4"]
     assert variant_overrides("dependence=0.25") == ["model.dependence=0.25"]
+    assert variant_overrides("hyper_lr_scale=0.1") == ["trainer.hyper_lr_scale=0.1"]
     assert "model.encoder=plain_resnet18" in variant_overrides("simclr")
     with pytest.raises(SystemExit, match="key=value"):
         variant_overrides("nonsense")

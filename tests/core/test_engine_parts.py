@@ -9,6 +9,7 @@ from aiaudio.engine.checkpoint import latest_checkpoint, load_weights, resolve_c
 from aiaudio.engine.sampling import StepBatchSampler
 from aiaudio.engine.optim import LARS, build_optimizer, lr_multiplier, parameter_groups, warmup_cosine
 from aiaudio.engine.trainer import TrainerConfig
+from aiaudio.nn import HyperConv2d, InvarianceEmbedding, hyper_resnet18
 
 
 def test_warmup_cosine_closed_form():
@@ -143,7 +144,31 @@ def test_optimizers_by_name_keep_the_groups_weight_decay():
     ("weight_decay", -1, "weight_decay"), ("min_lr_ratio", 50, "min_lr_ratio"), ("warmup_steps", -5, "warmup_steps"),
     ("beta1", 1.5, "beta1"), ("optimizer", "adam", "optimizer"), ("schedule", "linear", "schedule"),
     ("momentum", 1.0, "momentum"), ("grad_clip", -1, "grad_clip"), ("gamma", 0, "gamma"),
+    ("hyper_lr_scale", 0, "hyper_lr_scale"), ("hyper_weight_decay", -0.1, "hyper_weight_decay"),
 ])
 def test_trainer_config_refuses_bad_values_naming_the_key(key, value, message):
     with pytest.raises(ConfigError, match=message):
         from_dict(TrainerConfig, {key: value}, "trainer")
+
+
+def test_descriptor_dependent_parameters_get_their_own_rate_and_decay():
+    model = hyper_resnet18(inv_dim=3, width=0.125)
+    default = parameter_groups(model, 0.1)
+    assert len(default) == 2  # no separate groups unless asked: optimiser states of earlier runs still load
+    groups = parameter_groups(model, 0.1, hyper_lr_scale=0.1, hyper_weight_decay=0.5)
+    ids = lambda group: {id(p) for p in group["params"]}  # noqa: E731
+    dependent = {id(p) for m in model.modules() if isinstance(m, HyperConv2d)
+                 for p in (m.embed_to_hidden.weight, m.embed_to_hidden.bias, m.hidden_to_kernel.weight)}
+    dependent |= {id(m.weight) for m in model.modules() if isinstance(m, InvarianceEmbedding)}
+    base_kernels = {id(m.hidden_to_kernel.bias) for m in model.modules() if isinstance(m, HyperConv2d)}
+    assert ids(groups[2]) | ids(groups[3]) == dependent == {id(p) for p in model.hypernetwork_parameters()} - base_kernels
+    assert base_kernels <= ids(groups[0])
+    assert groups[2]["weight_decay"] == 0.5 and groups[3]["weight_decay"] == 0.0
+    assert sum(len(g["params"]) for g in groups) == sum(1 for _ in model.parameters())
+    optimizer = build_optimizer("adamw", groups, lr=0.2)
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.2, 0.2, 0.02, 0.02])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5)
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.1, 0.1, 0.01, 0.01])
+    del scheduler
+    with pytest.raises(ValueError, match="hyper_lr_scale"):
+        parameter_groups(model, 0.1, hyper_lr_scale=0.0)

@@ -146,3 +146,11 @@ def test_finetuning_the_last_blocks_of_a_vit_includes_its_final_norm():
 
     model = tiny()
     assert trailing_blocks(model, 2) == [model.blocks[10], model.blocks[11], model.norm]
+
+
+def test_the_prompt_mlp_is_the_descriptor_dependent_group():
+    model = tiny()
+    groups = parameter_groups(model, 0.1, hyper_lr_scale=0.1)
+    prompt = {id(p) for p in model.prompt.parameters()}
+    assert {id(p) for group in groups[2:] for p in group["params"]} == prompt
+    assert all(group["lr_scale"] == 0.1 for group in groups[2:])

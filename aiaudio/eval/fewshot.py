@@ -33,6 +33,7 @@ from aiaudio.eval.learner import (
     nearest_centroid_accuracy,
     run_episodes,
     sklearn_accuracy,
+    uses_bf16,
     with_overrides,
 )
 from aiaudio.eval.plans import StatisticsConfig, readout_plans, reference_rows
@@ -167,6 +168,7 @@ class FewshotEvaluator:
         self.statistics = statistics or StatisticsConfig()
         self.set_invariance = set_invariance or SetInvarianceConfig()
         self.pool = data.pool
+        self.bf16 = uses_bf16(learner.precision, device)  # of the passes that learn i (per episode and jointly)
         e = episodes
         self.val_episodes = EpisodeSampler(
             self.pool, data.val_classes, e.ways, e.shots, e.queries, seed=mix_seed(e.seed, _VAL_STREAM), clips=data.val_clips,
@@ -236,9 +238,18 @@ class FewshotEvaluator:
                 np.save(tmp, table.cpu().numpy())
         return table
 
+    @property
+    def precision(self) -> str:
+        """The precision the passes that learn ``i`` run at: ``bf16`` or ``fp32``."""
+        return "bf16" if self.bf16 else "fp32"
+
     def evaluate(self, encoder: EpisodeEncoder, start: torch.Tensor) -> dict[str, Any]:
         """Sweep on validation episodes, then score the best setting on test episodes (a one-setting sweep has
         nothing to choose: no validation episodes are run and its validation accuracy is None)."""
+        summary = self._evaluate(encoder, start)
+        return {**summary, "precision": self.precision} if encoder.learns_invariance else summary
+
+    def _evaluate(self, encoder: EpisodeEncoder, start: torch.Tensor) -> dict[str, Any]:
         settings = self.sweep.settings(encoder.learns_invariance)
         if len(settings) == 1:
             chosen = with_overrides(self.learner, **settings[0])
@@ -284,7 +295,7 @@ def evaluate_encoder(
         raise ValueError("nothing to read out: per_episode is off and there is no fixed or selected descriptor")
     plans = readout_plans(
         model, fixed, per_episode, evaluator.learner.init, evaluator.data.inputs,
-        lambda d: evaluator.features(model, d),
+        lambda d: evaluator.features(model, d), evaluator.bf16,
     ) if fixed or per_episode or not model.amortised else []
     for plan in plans:
         if plan.kind == "learned":
@@ -349,7 +360,7 @@ def learn_set_invariance(evaluator: FewshotEvaluator, model: PretrainedEncoder) 
     :class:`SetInvarianceConfig` says, and its trace: the objective (loss and segment accuracy, each the mean over
     a pass through the validation episodes) at the first and the last pass, and the descriptor every pass ended at."""
     config, episodes = evaluator.set_invariance, evaluator.val_episodes
-    encoder = AmortisedFeatures(model, evaluator.data.inputs)
+    encoder = AmortisedFeatures(model, evaluator.data.inputs, evaluator.bf16)
     descriptor = torch.full((model.space.dim,), float(evaluator.learner.init), device=evaluator.device)
     descriptor.requires_grad_(True)
     adam = torch.optim.Adam([descriptor], lr=config.lr)
@@ -383,7 +394,8 @@ def learn_set_invariance(evaluator: FewshotEvaluator, model: PretrainedEncoder) 
              ", ".join(f"{v:.2f}" for v in learned.tolist()), passes[0]["loss"], passes[-1]["loss"])
     trace = {"first_pass": {k: passes[0][k] for k in ("loss", "accuracy")},
              "last_pass": {k: passes[-1][k] for k in ("loss", "accuracy")}, "passes": [p["i"] for p in passes],
-             **{k: getattr(config, k) for k in ("steps", "lr", "episodes_per_step", "scale", "seed")}}
+             **{k: getattr(config, k) for k in ("steps", "lr", "episodes_per_step", "scale", "seed")},
+             "precision": evaluator.precision}
     return learned, trace
 
 

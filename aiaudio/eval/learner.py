@@ -45,6 +45,9 @@ class LearnerConfig:
         scale: logit scale; the head starts as the class prototypes (mean normalised support features) times it.
         quantize_bits: round the learned descriptor to this many bits before predicting (None: no rounding).
         episodes_per_batch: episodes run together on the device.
+        precision: of the encoder passes that learn ``i``: ``fp32``; ``bf16`` (autocast; the head and the loss stay
+            in fp32); or ``auto``, bf16 where the device computes it natively (a CUDA GPU with bf16, a CPU with
+            AVX-512 BF16 or AMX), fp32 elsewhere (:func:`uses_bf16`).
     """
 
     steps: int = 100
@@ -57,14 +60,39 @@ class LearnerConfig:
     scale: float = 10.0
     quantize_bits: int | None = None
     episodes_per_batch: int = 64
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"learner.precision must be one of {list(PRECISIONS)}, got {self.precision!r}")
         if self.steps < 0 or self.patience < 1 or self.episodes_per_batch < 1:
             raise ValueError("learner: steps must be >= 0, patience and episodes_per_batch >= 1")
         if not 0.0 <= self.init <= 1.0:
             raise ValueError(f"learner.init must lie in [0, 1], got {self.init}")
         if self.lr <= 0 or self.invariance_lr < 0 or self.weight_decay < 0 or self.scale <= 0:
             raise ValueError("learner: lr and scale must be positive, invariance_lr and weight_decay >= 0")
+
+
+#: The precisions of the encoder passes that learn ``i`` (:class:`LearnerConfig`).
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "auto")
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively: a CUDA GPU that supports it, or a CPU with AVX-512 BF16 or AMX
+    (elsewhere bf16 convolutions are emulated, and slower than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+    return False
+
+
+def uses_bf16(precision: str, device: torch.device) -> bool:
+    """Whether the encoder passes that learn ``i`` run under bf16 autocast (``precision``: one of :data:`PRECISIONS`)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    return precision == "bf16" or (precision == "auto" and native_bf16(device))
 
 
 class EpisodeEncoder(Protocol):
@@ -87,19 +115,27 @@ class AmortisedFeatures:
     Args:
         encoder: the frozen encoder in eval mode.
         inputs: model inputs for segment indices.
+        bf16: run the encoder under bf16 autocast (features come out in bf16; callers read them out in fp32).
     """
 
     learns_invariance = True
 
-    def __init__(self, encoder: torch.nn.Module, inputs: InputFn) -> None:
-        self.encoder, self.inputs = encoder, inputs
+    def __init__(self, encoder: torch.nn.Module, inputs: InputFn, bf16: bool = False) -> None:
+        self.encoder, self.inputs, self.bf16 = encoder, inputs, bf16
+        parameter = next(encoder.parameters(), None)
+        self.device_type = "cpu" if parameter is None else parameter.device.type
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.bf16)
 
     @torch.no_grad()
     def prepare(self, segments: torch.Tensor) -> torch.Tensor:
-        return self.encoder.forward_stem(self.inputs(segments))
+        with self._autocast():
+            return self.encoder.forward_stem(self.inputs(segments))
 
     def features(self, prepared: torch.Tensor, descriptors: torch.Tensor) -> torch.Tensor:
-        return self.encoder.forward_after_stem(prepared, descriptors)
+        with self._autocast():
+            return self.encoder.forward_after_stem(prepared, descriptors)
 
 
 class FrozenFeatures:

@@ -82,16 +82,17 @@ def fixed_descriptor(model: PretrainedEncoder, text: str, position: int) -> torc
 
 
 def readout_plans(
-    model: PretrainedEncoder, fixed: Sequence[str], learn: bool, init: float, inputs: InputFn, features_at: FeatureTable
+    model: PretrainedEncoder, fixed: Sequence[str], learn: bool, init: float, inputs: InputFn, features_at: FeatureTable,
+    bf16: bool = False,
 ) -> list[ReadoutPlan]:
-    """The readouts of ``model``: learned (when ``learn``) and one per ``fixed`` text for an amortised encoder; one
-    plain readout for any other."""
+    """The readouts of ``model``: learned (when ``learn``; its encoder passes under bf16 autocast when ``bf16``) and
+    one per ``fixed`` text for an amortised encoder; one plain readout for any other."""
     if not model.amortised:
         return [ReadoutPlan("plain", "", None, None, FrozenFeatures(features_at(None)))]
     plans = []
     if learn:
         start = torch.full((model.space.dim,), float(init))
-        plans.append(ReadoutPlan("learned", "", None, start, AmortisedFeatures(model, inputs)))
+        plans.append(ReadoutPlan("learned", "", None, start, AmortisedFeatures(model, inputs, bf16)))
     for position, text in enumerate(fixed):
         descriptor = fixed_descriptor(model, text, position)
         table = features_at(descriptor.to(model.device))

@@ -81,3 +81,37 @@ def test_early_stopping_ends_converged_episodes_before_the_budget():
     config = LearnerConfig(steps=500, lr=0.05, tolerance=1e-3, patience=5, episodes_per_batch=8)
     results = run_episodes(AmortisedFeatures(NuisanceEncoder(), lambda s: data[s]), pool, episodes, config, torch.full((2,), 0.5))
     assert torch.all(results.steps < 500) and torch.all(results.steps >= 5)
+
+
+def test_bf16_learner_passes_give_the_fp32_features_and_descriptor_gradients():
+    """Under bf16 the encoder runs in bf16, and what the learner uses, normalised features and the gradient of a
+    loss on them with respect to each group's descriptor, agrees with fp32 up to bf16 rounding."""
+    torch.manual_seed(1)
+    encoder = hyper_resnet("resnet18", 3, in_chans=1, width=0.125, zero_init_last=False).eval().requires_grad_(False)
+    inputs = torch.randn(24, 1, 32, 32)
+    descriptors = torch.rand(4, 3)
+    readout = torch.randn(encoder.num_features)
+    results = {}
+    for bf16 in (False, True):
+        side = AmortisedFeatures(encoder, lambda s: inputs[s], bf16=bf16)
+        leaf = descriptors.clone().requires_grad_()
+        features = side.features(side.prepare(torch.arange(24)), leaf)
+        assert features.dtype == (torch.bfloat16 if bf16 else torch.float32)
+        normalised = torch.nn.functional.normalize(features.float(), dim=-1)
+        (gradient,) = torch.autograd.grad((normalised @ readout).square().sum(), leaf)
+        results[bf16] = normalised.detach(), gradient
+    (exact, exact_gradient), (rounded, rounded_gradient) = results[False], results[True]
+    assert (rounded - exact).norm(dim=-1).max() < 0.05  # unit vectors: bf16 keeps 8 bits of mantissa
+    assert exact_gradient.abs().max() > 0
+    cosine = torch.nn.functional.cosine_similarity(rounded_gradient.flatten(), exact_gradient.flatten(), dim=0)
+    assert cosine > 0.95, cosine
+
+
+def test_precision_choices():
+    from aiaudio.eval.learner import native_bf16, uses_bf16
+
+    cpu = torch.device("cpu")
+    assert uses_bf16("bf16", cpu) and not uses_bf16("fp32", cpu)
+    assert uses_bf16("auto", cpu) == native_bf16(cpu)
+    with pytest.raises(ValueError, match="learner.precision"):
+        LearnerConfig(precision="fp16")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from aiaudio.config import ConfigError
 from aiaudio.engine.files import atomic_output, atomic_write_text
 from aiaudio.engine.pretrained import PretrainedEncoder
 from aiaudio.eval.episodes import Episodes, EpisodeSampler, SegmentPool
@@ -73,6 +75,11 @@ class SetInvarianceConfig:
     objective is the one the test episodes pose, a support set generalising to its queries, pooled over the
     validation episodes; the BatchNorm statistics follow ``statistics`` (with a reference, a step measures them at
     the current ``i`` on its own batch, or on the reference when the batch is small).
+
+    ``holdout > 0`` chooses the learning rate (among ``lrs``; null: ``lr`` alone) and the number of steps (the end of
+    any pass, up to ``steps``, or none at all: ``i`` stays at its start) on validation episodes: ``i`` is learned on
+    a seeded ``1 - holdout`` of them, scored by the same query loss on the rest after every pass, and then learned
+    again on all of them with the setting of the lowest held-out loss. Test episodes are never used.
     """
 
     steps: int = 60
@@ -80,12 +87,25 @@ class SetInvarianceConfig:
     episodes_per_step: int = 8
     scale: float = 10.0
     seed: int = 0
+    holdout: float = 0.0
+    lrs: list[float] | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.episodes_per_step < 1:
             raise ValueError("set_invariance: steps and episodes_per_step must be >= 1")
         if self.lr <= 0 or self.scale <= 0:
             raise ValueError("set_invariance: lr and scale must be positive")
+        if not 0.0 <= self.holdout < 1.0:
+            raise ValueError(f"set_invariance.holdout must lie in [0, 1), got {self.holdout}")
+        if self.lrs is not None and (not self.lrs or any(not lr > 0 for lr in self.lrs)):
+            raise ValueError(f"set_invariance.lrs must be null or a non-empty list of positive values, got {self.lrs}")
+        if self.holdout == 0 and self.lrs is not None and len(self.lrs) > 1:
+            raise ValueError("set_invariance.lrs: choosing among several learning rates needs holdout > 0 "
+                             "(the fraction of validation episodes held out to score them)")
+
+    def candidate_lrs(self) -> list[float]:
+        """The learning rates a held-out choice tries."""
+        return list(self.lrs) if self.lrs is not None else [self.lr]
 
 
 @dataclass
@@ -355,47 +375,99 @@ def prototype_query_loss(
     return loss, accuracy.detach()
 
 
-def learn_set_invariance(evaluator: FewshotEvaluator, model: PretrainedEncoder) -> tuple[torch.Tensor, dict[str, Any]]:
-    """One invariance ``[K]`` for the whole set, learned on the validation episodes as
-    :class:`SetInvarianceConfig` says, and its trace: the objective (loss and segment accuracy, each the mean over
-    a pass through the validation episodes) at the first and the last pass, and the descriptor every pass ended at."""
-    config, episodes = evaluator.set_invariance, evaluator.val_episodes
-    encoder = AmortisedFeatures(model, evaluator.data.inputs, evaluator.bf16)
-    descriptor = torch.full((model.space.dim,), float(evaluator.learner.init), device=evaluator.device)
-    descriptor.requires_grad_(True)
-    adam = torch.optim.Adam([descriptor], lr=config.lr)
+def _descend(
+    encoder: AmortisedFeatures, evaluator: FewshotEvaluator, episodes: Episodes, start: torch.Tensor, lr: float,
+    steps: int, on_pass: Callable[[int, torch.Tensor], None] | None = None,
+) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    """Adam on one descriptor from ``start`` over the query loss of ``episodes`` (seeded passes of
+    ``episodes_per_step``), projected into ``[0, 1]``: the descriptor and, per pass, its mean loss, accuracy and
+    final descriptor. ``on_pass(steps taken, descriptor)`` is called at the end of every pass."""
+    config = evaluator.set_invariance
+    descriptor = start.clone().requires_grad_(True)
+    adam = torch.optim.Adam([descriptor], lr=lr)
     generator = torch.Generator().manual_seed(config.seed)
     order: list[int] = []
     passes: list[dict[str, Any]] = []
     losses: list[float] = []
     accuracies: list[float] = []
+    for step in range(steps):
+        if not order:
+            order = torch.randperm(len(episodes), generator=generator).tolist()
+        chosen, order = order[: config.episodes_per_step], order[config.episodes_per_step:]
+        with torch.enable_grad():
+            loss, accuracy = prototype_query_loss(encoder, evaluator.pool, episodes.subset(chosen), descriptor,
+                                                  config.scale, evaluator.device)
+            adam.zero_grad()
+            loss.backward()
+        adam.step()
+        with torch.no_grad():
+            descriptor.clamp_(0.0, 1.0)
+        losses.append(float(loss.detach()))
+        accuracies.append(float(accuracy))
+        if not order or step == steps - 1:
+            passes.append({"loss": sum(losses) / len(losses), "accuracy": sum(accuracies) / len(accuracies),
+                           "i": descriptor.detach().cpu().tolist()})
+            losses, accuracies = [], []
+            if on_pass is not None:
+                on_pass(step + 1, descriptor.detach())
+    return descriptor.detach(), passes
+
+
+@torch.no_grad()
+def _held_out_score(encoder: AmortisedFeatures, evaluator: FewshotEvaluator, episodes: Episodes,
+                    descriptor: torch.Tensor) -> tuple[float, float]:
+    """Mean query loss and accuracy of ``episodes`` at ``descriptor`` (batches of ``episodes_per_step``)."""
+    size = evaluator.set_invariance.episodes_per_step
+    scores = []
+    for begin in range(0, len(episodes), size):
+        batch = episodes.subset(list(range(begin, min(begin + size, len(episodes)))))
+        loss, accuracy = prototype_query_loss(encoder, evaluator.pool, batch, descriptor,
+                                              evaluator.set_invariance.scale, evaluator.device)
+        scores.append((len(batch), float(loss), float(accuracy)))
+    total = sum(n for n, _, _ in scores)
+    return sum(n * loss for n, loss, _ in scores) / total, sum(n * acc for n, _, acc in scores) / total
+
+
+def learn_set_invariance(evaluator: FewshotEvaluator, model: PretrainedEncoder) -> tuple[torch.Tensor, dict[str, Any]]:
+    """One invariance ``[K]`` for the whole set, learned on the validation episodes as
+    :class:`SetInvarianceConfig` says, and its trace: the objective (loss and segment accuracy, each the mean over
+    a pass through the validation episodes) at the first and the last pass, the descriptor every pass ended at, and
+    (with a held-out choice) every candidate's held-out score and the chosen learning rate and steps."""
+    config, episodes = evaluator.set_invariance, evaluator.val_episodes
+    encoder = AmortisedFeatures(model, evaluator.data.inputs, evaluator.bf16)
+    start = torch.full((model.space.dim,), float(evaluator.learner.init), device=evaluator.device)
+    lr, steps = config.lr, config.steps
+    candidates: list[dict[str, Any]] = []
     with model.measured_statistics(evaluator.reference_inputs(model)):
-        for step in range(config.steps):
-            if not order:
-                order = torch.randperm(len(episodes), generator=generator).tolist()
-            chosen, order = order[: config.episodes_per_step], order[config.episodes_per_step:]
-            batch = episodes.subset(chosen)
-            with torch.enable_grad():
-                loss, accuracy = prototype_query_loss(encoder, evaluator.pool, batch, descriptor, config.scale,
-                                                      evaluator.device)
-                adam.zero_grad()
-                loss.backward()
-            adam.step()
-            with torch.no_grad():
-                descriptor.clamp_(0.0, 1.0)
-            losses.append(float(loss.detach()))
-            accuracies.append(float(accuracy))
-            if not order or step == config.steps - 1:
-                passes.append({"loss": sum(losses) / len(losses), "accuracy": sum(accuracies) / len(accuracies),
-                               "i": descriptor.detach().cpu().tolist()})
-                losses, accuracies = [], []
-    learned = descriptor.detach().cpu()
-    log.info("set-wide invariance learned on %d validation episodes: %s (query loss %.4f -> %.4f)", len(episodes),
-             ", ".join(f"{v:.2f}" for v in learned.tolist()), passes[0]["loss"], passes[-1]["loss"])
-    trace = {"first_pass": {k: passes[0][k] for k in ("loss", "accuracy")},
-             "last_pass": {k: passes[-1][k] for k in ("loss", "accuracy")}, "passes": [p["i"] for p in passes],
-             **{k: getattr(config, k) for k in ("steps", "lr", "episodes_per_step", "scale", "seed")},
+        if config.holdout > 0:
+            held = round(config.holdout * len(episodes))
+            if not 1 <= held < len(episodes):
+                raise ConfigError(f"set_invariance.holdout={config.holdout} of {len(episodes)} validation episodes "
+                                  "leaves none to learn on or none to score: raise episodes.val_episodes")
+            order = torch.randperm(len(episodes), generator=torch.Generator().manual_seed(config.seed)).tolist()
+            fit, held_out = episodes.subset(order[held:]), episodes.subset(order[:held])
+
+            def score(candidate_lr: float | None, taken: int, descriptor: torch.Tensor) -> None:
+                loss, accuracy = _held_out_score(encoder, evaluator, held_out, descriptor)
+                candidates.append({"lr": candidate_lr, "steps": taken, "loss": loss, "accuracy": accuracy})
+
+            score(None, 0, start)
+            for candidate_lr in config.candidate_lrs():
+                _descend(encoder, evaluator, fit, start, candidate_lr, config.steps,
+                         lambda taken, descriptor, c=candidate_lr: score(c, taken, descriptor))
+            best = min(candidates, key=lambda c: c["loss"])
+            lr, steps = (best["lr"] if best["lr"] is not None else config.lr), best["steps"]
+        learned, passes = _descend(encoder, evaluator, episodes, start, lr, steps) if steps else (start, [])
+    learned = learned.cpu()
+    log.info("set-wide invariance learned on %d validation episodes: %s (lr %g, %d steps)", len(episodes),
+             ", ".join(f"{v:.2f}" for v in learned.tolist()), lr, steps)
+    trace = {"first_pass": {k: passes[0][k] for k in ("loss", "accuracy")} if passes else None,
+             "last_pass": {k: passes[-1][k] for k in ("loss", "accuracy")} if passes else None,
+             "passes": [p["i"] for p in passes],
+             **{k: getattr(config, k) for k in ("steps", "lr", "episodes_per_step", "scale", "seed", "holdout")},
              "precision": evaluator.precision}
+    if candidates:
+        trace.update(chosen={"lr": lr, "steps": steps}, candidates=candidates)
     return learned, trace
 
 

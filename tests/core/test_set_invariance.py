@@ -106,7 +106,40 @@ def test_the_set_wide_invariance_learns_the_known_best_descriptor_and_lowers_the
     assert jointly["accuracy"] > fixed["accuracy"] + 0.2  # i = all keeps the distractor in the features
 
 
+def test_a_held_out_choice_scores_every_pass_and_learns_again_with_the_winner() -> None:
+    evaluator, model = known_evaluator(SetInvarianceConfig(steps=12, episodes_per_step=6, holdout=0.25,
+                                                           lrs=[0.001, 0.2]))
+    learned, trace = learn_set_invariance(evaluator, model)
+    candidates = trace["candidates"]
+    # the start, then every pass of each learning rate on the 18 episodes learned on: passes of 3 steps of 6
+    assert [(c["lr"], c["steps"]) for c in candidates] == [(None, 0)] + [(lr, s) for lr in (0.001, 0.2) for s in (3, 6, 9, 12)]
+    best = min(candidates, key=lambda c: c["loss"])
+    assert trace["chosen"] == {"lr": best["lr"], "steps": best["steps"]}
+    assert best["lr"] == 0.2  # the tiny rate barely leaves the 0.5 start, which keeps the distractor in
+    assert candidates[0]["loss"] > best["loss"] + 0.1
+    assert learned[0] > 0.8 and learned[1] < 0.2
+    # then learned again on all 24 validation episodes: passes of 4 steps
+    expected, _ = learn_set_invariance(
+        known_evaluator(SetInvarianceConfig(steps=best["steps"], lr=0.2, episodes_per_step=6))[0], model)
+    torch.testing.assert_close(learned, expected, rtol=0, atol=0)
+
+
+def test_a_held_out_choice_keeps_the_start_when_learning_gains_nothing() -> None:
+    evaluator, model = known_evaluator(SetInvarianceConfig(steps=4, episodes_per_step=6, holdout=0.5, lrs=[0.3]))
+    known = model.encoder.forward
+    model.encoder.forward = lambda x, i: known(x, 0.5 + 0 * i)  # i has no effect (a zero gradient): every score ties
+    learned, trace = learn_set_invariance(evaluator, model)
+    assert trace["chosen"]["steps"] == 0 and trace["passes"] == [] and trace["first_pass"] is None
+    torch.testing.assert_close(learned, torch.full((2,), 0.5))
+
+
 def test_bad_set_invariance_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="holdout"):
+        SetInvarianceConfig(holdout=1.0)
+    with pytest.raises(ValueError, match="needs holdout"):
+        SetInvarianceConfig(lrs=[0.01, 0.1])
+    with pytest.raises(ValueError, match="set_invariance.lrs"):
+        SetInvarianceConfig(lrs=[], holdout=0.5)
     with pytest.raises(ValueError, match="set_invariance"):
         SetInvarianceConfig(steps=0)
     with pytest.raises(ValueError, match="set_invariance"):

@@ -15,21 +15,23 @@ Three runs over the same episodes:
 Besides the runs, ``step_overhead`` compares one learner step (``fit_episodes``, time per step) with a bare step on
 the same tensors (the encoder forward + the gradient of the support loss, no episode bookkeeping), for a full batch
 and for one episode. With a random encoder the support features of different clips are nearly collinear, so the
-support loss keeps falling and early stopping rarely ends an episode before its budget (see ``mean_steps``). On CUDA the defaults are width 1.0, 64 episodes per pass and bf16 autocast (fp32 if the learner
-fails under autocast; the error is reported); on CPU a smaller problem that runs in about two minutes.
+support loss keeps falling and early stopping rarely ends an episode before its budget (see ``mean_steps``). On CUDA
+the defaults are width 1.0 and 64 episodes per pass; on CPU a smaller problem that runs in about two minutes. The
+encoder passes run at ``--precision`` (``learner.precision``; auto: bf16 autocast where the device computes bf16
+natively, else fp32; fp32 if the learner fails under autocast, with the error reported).
 
     python benchmarks/fewshot_throughput.py                 # auto device
     python benchmarks/fewshot_throughput.py --device cpu --width 0.25 --steps 5
+    python benchmarks/fewshot_throughput.py --device cpu --precision fp32   # against --precision bf16
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import resource
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
@@ -37,7 +39,7 @@ import torch.nn.functional as F
 
 from aiaudio.engine.runtime import resolve_device
 from aiaudio.eval.episodes import Episodes, EpisodeSampler, SegmentPool
-from aiaudio.eval.learner import AmortisedFeatures, LearnerConfig, fit_episodes, run_episodes
+from aiaudio.eval.learner import AmortisedFeatures, LearnerConfig, fit_episodes, run_episodes, uses_bf16
 from aiaudio.audio.clar import clar_space
 from aiaudio.nn import hyper_resnet
 from machine import machine_info
@@ -51,13 +53,6 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-@contextlib.contextmanager
-def precision(device: torch.device, bf16: bool) -> Iterator[None]:
-    """bf16 autocast on ``device`` when asked, else nothing."""
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        yield
-
-
 def timed(fn: Callable[[], object], device: torch.device) -> tuple[float, object]:
     """Seconds one call of ``fn`` takes (the device synchronised on both sides) and its result."""
     synchronize(device)
@@ -69,17 +64,15 @@ def timed(fn: Callable[[], object], device: torch.device) -> tuple[float, object
 
 def measure_run(
     name: str, features: AmortisedFeatures, pool: SegmentPool, episodes: Episodes, config: LearnerConfig,
-    start: torch.Tensor, device: torch.device, bf16: bool,
+    start: torch.Tensor, device: torch.device,
 ) -> dict:
     """Time ``run_episodes`` over ``episodes`` after one untimed batch of two steps (kernel selection, allocator
     warm-up)."""
     warmup = EpisodeSampler(pool, range(int(pool.clip_class.max()) + 1), ways=5, shots=1, queries=1, seed=1)
-    with precision(device, bf16):
-        run_episodes(features, pool, warmup.sample(config.episodes_per_batch), replace(config, steps=2), start, device)
+    run_episodes(features, pool, warmup.sample(config.episodes_per_batch), replace(config, steps=2), start, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    with precision(device, bf16):
-        seconds, results = timed(lambda: run_episodes(features, pool, episodes, config, start, device), device)
+    seconds, results = timed(lambda: run_episodes(features, pool, episodes, config, start, device), device)
     per_second = len(episodes) / seconds
     report = {
         "run": name,
@@ -100,13 +93,12 @@ def measure_run(
 
 def step_overhead(
     features: AmortisedFeatures, episodes: Episodes, config: LearnerConfig, start: torch.Tensor,
-    device: torch.device, bf16: bool, repeats: int,
+    device: torch.device, repeats: int,
 ) -> dict:
     """Time per learner step (``fit_episodes``) against a bare step on the same support sets (see the docstring)."""
     labels = episodes.support_labels().to(device)
     num, per = labels.shape
-    with precision(device, bf16):
-        prepared = features.prepare(episodes.support_segments.flatten().to(device))
+    prepared = features.prepare(episodes.support_segments.flatten().to(device))
     initial = start.to(device, torch.float32).expand(num, -1).clone()
     weight = torch.randn(num, episodes.ways, features.encoder.num_features, device=device, requires_grad=True)
     descriptors = initial.clone().requires_grad_()
@@ -121,11 +113,10 @@ def step_overhead(
     def learner_steps() -> None:
         fit_episodes(features, prepared, labels, episodes.ways, initial, config)
 
-    with precision(device, bf16):
-        bare_step()
-        learner_steps()
-        bare = min(timed(bare_step, device)[0] for _ in range(repeats))
-        fit = min(timed(learner_steps, device)[0] for _ in range(max(1, repeats // 2)))
+    bare_step()
+    learner_steps()
+    bare = min(timed(bare_step, device)[0] for _ in range(repeats))
+    fit = min(timed(learner_steps, device)[0] for _ in range(max(1, repeats // 2)))
     # fit_episodes runs one extra forward (the prototypes) before its steps; charge it as a third of a step.
     learner = fit / (config.steps + 1 / 3)
     return {
@@ -154,7 +145,8 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--clips-per-class", type=int, default=20)
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
-                        help="auto: bf16 autocast on CUDA, fp32 on CPU")
+                        help="of the encoder passes (learner.precision); auto: bf16 where the device computes it "
+                             "natively (CUDA, a CPU with AVX-512 BF16 or AMX), else fp32")
     parser.add_argument("--repeats", type=int, default=None, help="repeats of the step-overhead timings")
     parser.add_argument("--no-overhead", action="store_true", help="skip the step-overhead comparison")
     args = parser.parse_args()
@@ -167,7 +159,7 @@ def main() -> None:
     steps = args.steps or (20 if cuda else 10)
     early_steps = args.early_steps or (LearnerConfig.steps if cuda else 40)
     repeats = args.repeats or (10 if cuda else 2)
-    bf16 = args.precision == "bf16" or (args.precision == "auto" and cuda)
+    bf16 = uses_bf16(args.precision, device)
     if cuda:
         torch.backends.cudnn.benchmark = True
 
@@ -177,7 +169,7 @@ def main() -> None:
     clip_class = torch.arange(args.classes).repeat_interleave(args.clips_per_class)
     pool = SegmentPool(clip_class)  # one segment per clip
     inputs = torch.randn(len(clip_class), 1, args.mels, args.frames, device=device)
-    features = AmortisedFeatures(encoder, lambda segments: inputs[segments])
+    features = AmortisedFeatures(encoder, lambda segments: inputs[segments], bf16)
     sampler = EpisodeSampler(pool, range(args.classes), ways=5, shots=1, queries=1, seed=0)
     episodes = sampler.sample(num_episodes)
     start = torch.full((space.dim,), 0.5)
@@ -188,15 +180,15 @@ def main() -> None:
     autocast_error = None
     if bf16:
         try:
-            measure_run("bf16 check", features, pool, sampler.sample(2), replace(fixed, steps=2), start, device, True)
+            measure_run("bf16 check", features, pool, sampler.sample(2), replace(fixed, steps=2), start, device)
         except Exception as error:  # report the failure and measure in fp32 instead
             autocast_error = f"{type(error).__name__}: {error}"
-            bf16 = False
+            bf16 = features.bf16 = False
 
     runs = [
-        measure_run("batched", features, pool, episodes, fixed, start, device, bf16),
-        measure_run("one_at_a_time", features, pool, sampler.sample(serial_episodes), serial, start, device, bf16),
-        measure_run("batched_early_stopping", features, pool, episodes, early, start, device, bf16),
+        measure_run("batched", features, pool, episodes, fixed, start, device),
+        measure_run("one_at_a_time", features, pool, sampler.sample(serial_episodes), serial, start, device),
+        measure_run("batched_early_stopping", features, pool, episodes, early, start, device),
     ]
     batched, single, _ = runs
     report = {
@@ -219,7 +211,7 @@ def main() -> None:
         overhead_steps = min(steps, 5)
         overhead_config = LearnerConfig(steps=overhead_steps, patience=overhead_steps + 1)
         report["step_overhead"] = [
-            step_overhead(features, sampler.sample(count), overhead_config, start, device, bf16, repeats)
+            step_overhead(features, sampler.sample(count), overhead_config, start, device, repeats)
             for count in (per_batch, 1)
         ]
     if not cuda:

@@ -82,12 +82,14 @@ def test_pretrain_step_compares_the_two_encoders() -> None:
 
 
 @pytest.mark.slow
-def test_fewshot_throughput_runs_batched_and_one_at_a_time() -> None:
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_fewshot_throughput_runs_batched_and_one_at_a_time(precision: str) -> None:
     report = run_benchmark(
         "fewshot_throughput.py", "--device", "cpu", "--width", "0.125", "--episodes", "2", "--serial-episodes", "1",
         "--episodes-per-batch", "2", "--steps", "1", "--early-steps", "2", "--classes", "5", "--clips-per-class", "2",
-        "--mels", "32", "--frames", "16", "--no-overhead",
+        "--mels", "32", "--frames", "16", "--no-overhead", "--precision", precision,
     )
+    assert report["precision"] == {"fp32": "fp32", "bf16": "bf16 autocast"}[precision]
     runs = {run["run"]: run for run in report["runs"]}
     assert set(runs) == {"batched", "one_at_a_time", "batched_early_stopping"}
     assert runs["batched"]["episodes"] == 2 and runs["one_at_a_time"]["episodes"] == 1

@@ -165,3 +165,30 @@ def test_pretraining_ablations_name_their_overrides_and_render_every_row() -> No
     record["rows"][0]["tasks"] = {t: {**readouts, "i = learned jointly on validation": jointly} for t in readouts_tasks}
     line = render_table(record).splitlines()[2]
     assert "| 53.0 ± 2.0 | 70.0 ± 2.5 | 50.0 ± 2.0 |" in line and line.endswith("per episode 25 %, 25 %; jointly 0 %, 0 % |")
+
+
+@pytest.mark.slow
+def test_set_invariance_choice_scores_both_variants_on_the_same_test_episodes(tiny_checkpoints, synthetic_root,
+                                                                               tmp_path) -> None:
+    sys.path.insert(0, str(REPO))
+    from benchmarks.set_invariance_choice import VARIANTS, evaluate
+
+    overrides = [
+        f"checkpoint={tiny_checkpoints['amortised']}", f"data.root={synthetic_root}",
+        f"data.cache_dir={tmp_path / 'cache'}", "data.segment_seconds=1.0", "data.workers=0", "data.stats_clips=16",
+        "episodes.ways=3", "episodes.shots=2", "episodes.queries=1", "episodes.test_episodes=12",
+        "episodes.val_episodes=6", "learner.episodes_per_batch=6", "set_invariance.steps=4",
+        "set_invariance.episodes_per_step=2", "progress=false", "device=cpu",
+    ]
+    rows = evaluate(REPO / "configs" / "audio" / "demo_fewshot.yaml", overrides)
+    fixed, held_out = (rows[name] for name in VARIANTS)
+    for row in (fixed, held_out):
+        assert 0.0 <= row["accuracy"] <= 100.0 and row["ci95"] >= 0.0
+        assert len(row["chosen_i"]) == 7 and all(0.0 <= v <= 1.0 for v in row["chosen_i"])
+    assert "chosen" not in fixed and fixed["trace"]["holdout"] == 0.0
+    # the held-out variant chose among the start and every pass end of its three learning rates
+    chosen = held_out["chosen"]
+    assert chosen["lr"] in (None, 0.01, 0.05, 0.2) and 0 <= chosen["steps"] <= 4
+    assert len(held_out["trace"]["candidates"]) >= 4
+    if chosen["lr"] is None:
+        assert held_out["chosen_i"] == pytest.approx([0.5] * 7)

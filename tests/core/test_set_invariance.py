@@ -11,6 +11,8 @@ from torch import nn
 from aiaudio.engine.pretrained import PretrainedEncoder
 from aiaudio.eval.episodes import SegmentPool
 from aiaudio.eval.fewshot import (
+    JOINTLY_READOUT,
+    JOINTLY_START_READOUT,
     EpisodeConfig,
     EpisodeData,
     FewshotEvaluator,
@@ -104,6 +106,18 @@ def test_the_set_wide_invariance_learns_the_known_best_descriptor_and_lowers_the
     torch.testing.assert_close(torch.tensor(jointly["chosen_i"]), learned)
     assert jointly["episodes"] == 60 and jointly["set_invariance"]["steps"] == 40
     assert jointly["accuracy"] > fixed["accuracy"] + 0.2  # i = all keeps the distractor in the features
+
+
+def test_the_per_episode_learner_can_start_from_the_jointly_learned_invariance() -> None:
+    evaluator, model = known_evaluator(SetInvarianceConfig(steps=40, lr=0.1, episodes_per_step=6))
+    rows = evaluate_encoder(evaluator, model, [], "amortised", selected=["jointly", "jointly_start"])
+    assert [row["readout"] for row in rows] == ["learned i", JOINTLY_READOUT, JOINTLY_START_READOUT]
+    plain, jointly, started = rows
+    assert started["start"] == jointly["chosen_i"]  # learned once, shared by both readouts
+    assert started["episodes"] == 60 and started["invariance_lr"] == 0.1
+    # from the 0.5 start ten support steps leave the distractor in; from the jointly learned start it stays out
+    assert max(started["learned_i"][1], jointly["chosen_i"][1]) < 0.15 < plain["learned_i"][1]
+    assert started["accuracy"] > plain["accuracy"] + 0.1
 
 
 def test_a_held_out_choice_scores_every_pass_and_learns_again_with_the_winner() -> None:

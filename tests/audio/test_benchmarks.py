@@ -171,7 +171,7 @@ def test_pretraining_ablations_name_their_overrides_and_render_every_row() -> No
 def test_set_invariance_choice_scores_both_variants_on_the_same_test_episodes(tiny_checkpoints, synthetic_root,
                                                                                tmp_path) -> None:
     sys.path.insert(0, str(REPO))
-    from benchmarks.set_invariance_choice import VARIANTS, evaluate
+    from benchmarks.set_invariance_choice import START_VARIANT, VARIANTS, evaluate
 
     overrides = [
         f"checkpoint={tiny_checkpoints['amortised']}", f"data.root={synthetic_root}",
@@ -180,8 +180,12 @@ def test_set_invariance_choice_scores_both_variants_on_the_same_test_episodes(ti
         "episodes.val_episodes=6", "learner.episodes_per_batch=6", "set_invariance.steps=4",
         "set_invariance.episodes_per_step=2", "progress=false", "device=cpu",
     ]
-    rows = evaluate(REPO / "configs" / "audio" / "demo_fewshot.yaml", overrides)
+    rows = evaluate(REPO / "configs" / "audio" / "demo_fewshot.yaml", overrides, start=True)
+    assert set(rows) == {*VARIANTS, START_VARIANT}
     fixed, held_out = (rows[name] for name in VARIANTS)
+    started = rows[START_VARIANT]
+    assert started["start"] == fixed["chosen_i"] and len(started["learned_i"]) == 7
+    assert 0.0 <= started["accuracy"] <= 100.0
     for row in (fixed, held_out):
         assert 0.0 <= row["accuracy"] <= 100.0 and row["ci95"] >= 0.0
         assert len(row["chosen_i"]) == 7 and all(0.0 <= v <= 1.0 for v in row["chosen_i"])

@@ -32,8 +32,7 @@ from aiaudio.eval.fewshot import descriptor_label  # noqa: E402
 from aiaudio.nn.hyper import calibrate_descriptor_statistics  # noqa: E402
 from aivision.data import ImageSet, image_folder_entries  # noqa: E402
 from aivision.datasets import read_official  # noqa: E402
-from benchmarks.machine import machine_info  # noqa: E402
-from benchmarks.vision_minibench.run import commit  # noqa: E402
+from benchmarks.machine import commit, machine_info  # noqa: E402
 
 CALIBRATION_IMAGES = 1024
 TRAIN, TEST = 1500, 2000

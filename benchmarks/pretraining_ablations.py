@@ -51,8 +51,7 @@ from aiaudio.eval.fewshot import (  # noqa: E402
 from aiaudio.eval.learner import FrozenFeatures  # noqa: E402
 from aiaudio.fewshot import FLOOR_READOUT, load_evaluation_data, mfcc_table, parse_fewshot_config  # noqa: E402
 from aiaudio.pretrain import parse_config, run_cache, run_pretrain  # noqa: E402
-from benchmarks.machine import machine_info  # noqa: E402
-from benchmarks.vision_minibench.run import commit  # noqa: E402
+from benchmarks.machine import commit, machine_info  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "audio"
 INVARIANCE_KEYS = ("descriptors_per_step", "bits_power", "all_on", "min_active")
@@ -80,7 +79,7 @@ def run_directory(work: Path, variant: str, seed: int) -> Path:
 def pretrain(out: Path, variant: str, seed: int, steps: int, batch: int, data_root: Path) -> Path:
     """Pretrain one variant (reused when its final checkpoint exists) and return its run directory."""
     run_dir = run_directory(out, variant, seed)
-    overrides = [f"data.root={data_root}", f"data.cache_dir={out / 'cache'}", f"run_dir={run_dir}",
+    overrides = [f"data.root={data_root}", f"data.cache_dir={out / 'cache' / 'pretraining'}", f"run_dir={run_dir}",
                  f"trainer.steps={steps}", f"trainer.batch_size={batch}", f"trainer.seed={seed}",
                  f"trainer.ckpt_every={steps}", *variant_overrides(variant)]
     config = parse_config(apply_overrides(load_yaml(CONFIGS / "demo.yaml"), overrides))

@@ -35,10 +35,9 @@ from aiaudio.demo import TASKS  # noqa: E402
 from aiaudio.encoder import load_encoder  # noqa: E402
 from aiaudio.eval.fewshot import FewshotEvaluator, evaluate_encoder  # noqa: E402
 from aiaudio.fewshot import load_evaluation_data, parse_fewshot_config  # noqa: E402
-from benchmarks.machine import machine_info  # noqa: E402
+from benchmarks.machine import commit, machine_info  # noqa: E402
 from benchmarks.minibench.run import MinibenchConfig  # noqa: E402
 from benchmarks.pipeline import repo_path  # noqa: E402
-from benchmarks.vision_minibench.run import commit  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "audio"
 #: The variants compared: name -> set_invariance overrides.

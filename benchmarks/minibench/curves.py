@@ -29,10 +29,9 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from aiaudio.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict  # noqa: E402
 from aiaudio.eval.fewshot import JOINTLY_READOUT  # noqa: E402
-from benchmarks.machine import machine_info  # noqa: E402
+from benchmarks.machine import commit, machine_info  # noqa: E402
 from benchmarks.minibench.run import MODELS, MinibenchConfig, fewshot  # noqa: E402
 from benchmarks.pipeline import repo_path  # noqa: E402
-from benchmarks.vision_minibench.run import commit  # noqa: E402
 
 #: What each curve is: (model, readout prefix) in a few-shot report, and its label in the plot.
 CURVES: tuple[tuple[str, str, str], ...] = (

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -45,7 +44,7 @@ from aivision.fewshot import parse_fewshot_config, run_fewshot  # noqa: E402
 from aivision.linear import parse_linear_config, run_linear  # noqa: E402
 from aivision.measure import parse_measure_config, run_measure  # noqa: E402
 from aivision.pretraining import parse_config, run_pretrain  # noqa: E402
-from benchmarks.machine import machine_info  # noqa: E402
+from benchmarks.machine import commit, machine_info  # noqa: E402
 from benchmarks.pipeline import REPO, repo_path, reused_report, run_main  # noqa: E402
 
 LOG = logging.getLogger("vision_minibench.run")
@@ -277,15 +276,6 @@ def training_curves(out: Path, models: list[str], path: Path) -> Path:
     return path
 
 
-def commit() -> str:
-    """The repository's commit, with ``+changes`` when the working tree differs from it (or "unknown")."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
-                               text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
 
 
 def write_results(out: Path, config: VisionMinibenchConfig, runs: dict, linear_reports: dict, fewshot_reports: dict,

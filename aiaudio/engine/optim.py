@@ -57,10 +57,10 @@ def parameter_groups(
     ]
     if separate:
         hyper_decay = weight_decay if hyper_weight_decay is None else hyper_weight_decay
-        groups += [
+        groups += [group for group in (
             {"params": hyper, "weight_decay": hyper_decay, "lars_adapt": True, "lr_scale": hyper_lr_scale},
             {"params": hyper_bias, "weight_decay": 0.0, "lars_adapt": False, "lr_scale": hyper_lr_scale},
-        ]
+        ) if group["params"]]  # a plain encoder has none: the same groups as without the setting
     return groups
 
 

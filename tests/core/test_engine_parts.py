@@ -9,7 +9,7 @@ from aiaudio.engine.checkpoint import latest_checkpoint, load_weights, resolve_c
 from aiaudio.engine.sampling import StepBatchSampler
 from aiaudio.engine.optim import LARS, build_optimizer, lr_multiplier, parameter_groups, warmup_cosine
 from aiaudio.engine.trainer import TrainerConfig
-from aiaudio.nn import HyperConv2d, InvarianceEmbedding, hyper_resnet18
+from aiaudio.nn import HyperConv2d, InvarianceEmbedding, hyper_resnet18, plain_resnet18
 
 
 def test_warmup_cosine_closed_form():
@@ -172,3 +172,7 @@ def test_descriptor_dependent_parameters_get_their_own_rate_and_decay():
     del scheduler
     with pytest.raises(ValueError, match="hyper_lr_scale"):
         parameter_groups(model, 0.1, hyper_lr_scale=0.0)
+    # a plain encoder has no descriptor-dependent parameters: the setting leaves its groups as they are
+    plain = plain_resnet18(width=0.125)
+    assert [ids(g) for g in parameter_groups(plain, 0.1, hyper_lr_scale=0.1)] == [
+        ids(g) for g in parameter_groups(plain, 0.1)]

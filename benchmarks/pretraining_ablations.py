@@ -19,7 +19,8 @@ and the task's no-learning floor (20 MFCC means and standard deviations, nearest
         --variants base descriptors_per_step=2 descriptors_per_step=4 descriptors_per_step=8 all_on=0.25 \\
         bits_power=1 dependence=0.25 dependence=1.0 hyper_lr_scale=0.1 --seeds 0
 
-A variant is ``base``, ``simclr`` or ``key=value`` (a key of ``invariance`` or ``model``, or ``hyper_lr_scale`` /
+``base`` is ``configs/audio/demo.yaml`` as it stands (each recorded row keeps the commit it ran at). A variant is
+``base``, ``simclr`` or ``key=value`` (a key of ``invariance`` or ``model``, or ``hyper_lr_scale`` /
 ``hyper_weight_decay`` of ``trainer``). Finished runs are reused;
 ``--extend`` adds the readouts a recorded row lacks (read out again from its checkpoint) without redoing the others.
 """

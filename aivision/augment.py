@@ -7,6 +7,10 @@ and a single ``grid_sample`` per batch; with the crop off the whole image is res
 Every parameter is drawn from the step's generator on the batch's device, so views are a pure function of
 (seed, step, rank), as in the audio pipeline.
 
+Two implementations share these semantics (``ImageAugmentConfig.backend``): the torch ops below, on any device and the
+reference; and, for uint8 images on the CPU, a fused C kernel (:mod:`aivision.augment_native`) that does every op of
+one image while it is in cache, several times faster there. ``auto`` takes the kernel where it applies and builds.
+
 Which descriptor factor switches each op on is ``ImageAugmentConfig.gates``: the paper's two groups (Spatial = crop
 + flip, Appearance = jitter + grayscale + blur) or its five individual augmentations (crop, flip, jitter, grayscale,
 blur). Probabilities and ranges follow MoCo-v2 / SimCLR and ``torchvision.transforms.v2``: crop scale 0.08-1 and
@@ -16,6 +20,7 @@ grayscale p 0.2, blur sigma 0.1-2 with p 0.5, solarisation (MoCo-v3's second vie
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +31,9 @@ from torch import nn
 
 from aiaudio.engine.pretrained import register_input_transform
 from aiaudio.invariance import InvarianceSpace
+from aivision.augment_native import NativeKernel, native_kernel, native_unavailable_reason
+
+log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -38,6 +46,7 @@ INDIVIDUAL_GATES: dict[str, str] = {
     "crop": "crop", "flip": "flip", "jitter": "jitter", "grayscale": "grayscale", "blur": "blur", "solarize": "jitter",
 }
 _GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision
+BACKENDS = ("auto", "torch", "native")
 
 
 def group_space() -> InvarianceSpace:
@@ -55,7 +64,9 @@ class ImageAugmentConfig:
     """Op parameters and which factor gates each op (see the module docstring).
 
     ``space``: "groups" or "individual" (picks the default ``gates``). ``blur_p`` and ``solarize_p`` may be a pair, one
-    per view (MoCo-v3: blur 1.0 / 0.1, solarise 0.0 / 0.2).
+    per view (MoCo-v3: blur 1.0 / 0.1, solarise 0.0 / 0.2). ``backend``: "torch" (the torch ops, any device),
+    "native" (the fused CPU kernel for uint8 images; an error where it cannot be built) or "auto" (the kernel for
+    uint8 CPU batches where it builds, else the torch ops).
     """
 
     space: str = "groups"
@@ -72,8 +83,11 @@ class ImageAugmentConfig:
     blur_p: list[float] = field(default_factory=lambda: [0.5, 0.5])
     solarize_p: list[float] = field(default_factory=lambda: [0.0, 0.0])
     gates: dict[str, str] | None = None
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"augment.backend must be one of {list(BACKENDS)}, got {self.backend!r}")
         if self.space not in ("groups", "individual"):
             raise ValueError(f"augment.space must be groups or individual, got {self.space!r}")
         if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
@@ -280,10 +294,14 @@ def shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return torch.stack(channels, dim=1)
 
 
+def blur_radius(sigma: torch.Tensor, size: int) -> torch.Tensor:
+    """Each example's kernel radius: ``ceil(3 sigma)``, at least 1, at most ``(size - 1) // 2``."""
+    return torch.ceil(3 * sigma).clamp(1, max(1, (size - 1) // 2)).to(torch.int64)
+
+
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian blur with a per-example ``sigma`` (pixels), reflect padding; ``active`` examples only
-    (the others are not computed). The kernel spans 3 sigma of the largest active sigma either side (at most the
-    image)."""
+    """Separable Gaussian blur with a per-example ``sigma`` (pixels) and radius (:func:`blur_radius`), reflect
+    padding; ``active`` examples only (the others are not computed)."""
     rows = torch.nonzero(active).flatten()
     if len(rows) == 0:
         return x
@@ -294,9 +312,11 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, active: torch.Tensor) ->
 
 def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     batch, channels, height, width = x.shape
-    radius = int(min(max(1, math.ceil(3 * float(sigma.max()))), (min(height, width) - 1) // 2))
+    radii = blur_radius(sigma, min(height, width))
+    radius = int(radii.max())
     offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
     kernel = torch.exp(-0.5 * (offsets.view(1, -1) / sigma.view(-1, 1).to(x.dtype)) ** 2)
+    kernel = kernel * (offsets.abs().view(1, -1) <= radii.view(-1, 1))  # each example's own radius
     kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(channels, dim=0)  # [B*C, k]
     flat = x.reshape(1, batch * channels, height, width)
     flat = F.pad(flat, (radius, radius, radius, radius), mode="reflect")
@@ -309,10 +329,10 @@ class ImageAugment(nn.Module):
     """One augmented view per image for one descriptor (see the module docstring).
 
     Args:
-        config: op parameters and gates.
+        config: op parameters, gates and backend.
         space: the invariance space whose factor names the gates refer to.
         output: the model input transform (output size and normalisation).
-        chunk_size: images per chunk on the CPU (see :meth:`forward`).
+        chunk_size: images per chunk of the torch path on the CPU (see :meth:`forward`).
     """
 
     def __init__(
@@ -324,6 +344,16 @@ class ImageAugment(nn.Module):
             raise ValueError(f"augment.gates name factors {missing} that the space {list(space.names)} lacks")
         self.config, self.space, self.output = config, space, output
         self.chunk_size = chunk_size
+        self.native: NativeKernel | None = None
+        if config.backend != "torch":
+            self.native = native_kernel()
+            if self.native is None:
+                reason = native_unavailable_reason()
+                if config.backend == "native":
+                    raise RuntimeError(f"augment.backend=native: the CPU kernel cannot be built ({reason}); "
+                                       "set augment.backend=torch (or auto)")
+                log.warning("the fused CPU augmentation kernel is unavailable (%s); CPU views take the slower torch "
+                            "path", reason)
 
     def active_ops(self, descriptor: torch.Tensor) -> set[str]:
         factors = set(self.space.active_names(descriptor))
@@ -335,11 +365,19 @@ class ImageAugment(nn.Module):
         """Normalised views ``[B, 3, s, s]`` of uint8 (or [0, 1] float) images ``[B, 3, S, S]``; ``view`` (0 or 1)
         selects the per-view blur and solarisation probabilities.
 
-        Every random parameter of the batch is drawn first; the ops then run on chunks of ``chunk_size`` images
-        (on the CPU, so that each chunk's temporaries stay in cache; 0: the whole batch at once, as on a GPU).
+        Every random parameter of the batch is drawn first, so both backends make the same views from one generator.
+        uint8 CPU batches go to the native kernel unless ``backend`` is torch; otherwise the torch ops run on chunks
+        of ``chunk_size`` images (on the CPU, so that each chunk's temporaries stay in cache; 0: the whole batch at
+        once, as on a GPU).
         """
         params = self.draw(images.shape[0], images.shape[-2], images.shape[-1], descriptor, generator, view, images.device)
         size = self.output.size
+        if self.native is not None:
+            if images.device.type == "cpu" and images.dtype == torch.uint8:
+                return self.native.views(images, params, size, self.output.mean, self.output.std)
+            if self.config.backend == "native":
+                raise ValueError(f"augment.backend=native takes uint8 images on the CPU, got {images.dtype} on "
+                                 f"{images.device}; set augment.backend=auto")
         out = torch.empty(images.shape[0], images.shape[1], size, size, device=images.device)
         chunk = self.chunk_size if self.chunk_size > 0 and images.device.type == "cpu" else images.shape[0]
         for start in range(0, images.shape[0], chunk):

@@ -4,7 +4,7 @@ Both make two normalised views (both groups on: random resized crop, flip, colou
 images stored at ``--storage`` pixels, at ``--size`` pixels:
 
 * ours: :class:`aivision.augment.ImageAugment` on whole batches on ``--device`` (on the CPU one process using every
-  core through torch's threads);
+  core through threads): on the CPU both backends, the fused native kernel (the default there) and the torch ops;
 * reference: the MoCo-v2 / SimCLR ``torchvision.transforms.v2`` pipeline applied image by image on uint8 tensors in
   ``--workers`` single-threaded processes (default one per core), the layout of data-loader workers.
 
@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from aiaudio.engine.runtime import resolve_device, tune_cpu_allocator  # noqa: E402
 from aivision.augment import ImageAugment, ImageAugmentConfig, ImageInput, group_space  # noqa: E402
-from machine import machine_info  # noqa: E402
+from machine import commit, machine_info  # noqa: E402
 
 
 def make_images(count: int, size: int, seed: int = 0) -> torch.Tensor:
@@ -80,8 +80,10 @@ def reference_views_per_second(images: torch.Tensor, size: int, seconds: float, 
     return sum(done / elapsed for done, elapsed in results)
 
 
-def ours_views_per_second(images: torch.Tensor, size: int, batch: int, seconds: float, device: torch.device) -> float:
-    config = ImageAugmentConfig()
+def ours_views_per_second(
+    images: torch.Tensor, size: int, batch: int, seconds: float, device: torch.device, backend: str = "auto",
+) -> float:
+    config = ImageAugmentConfig(backend=backend)
     augment = ImageAugment(config, group_space(), ImageInput(size)).to(device)
     descriptor = torch.ones(2)
     data = images.to(device)
@@ -120,15 +122,22 @@ def main(argv: list[str] | None = None) -> None:
     tuned = tune_cpu_allocator()
     images = make_images(max(args.images, batch), args.storage)
     ours = ours_views_per_second(images, args.size, batch, args.seconds, device)
+    torch_path = ours_views_per_second(images, args.size, batch, args.seconds, device, "torch") \
+        if device.type == "cpu" else ours
     reference = reference_views_per_second(images[: min(len(images), 256)], args.size, args.seconds, args.workers)
+    command = "python benchmarks/vision_augment_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:])
     print(json.dumps({
         "benchmark": "vision_augment_throughput",
+        "command": command.strip(),
+        "commit": commit(),
         "machine": machine_info(device),
         "config": {"size": args.size, "storage": args.storage, "batch_size": batch, "seconds": args.seconds,
                    "reference_workers": args.workers, "malloc_tuned": tuned, "ops": "crop, flip, jitter, grayscale, blur"},
         "ours_views_per_s": round(ours, 1),
+        "ours_torch_ops_views_per_s": round(torch_path, 1),
         "reference_views_per_s": round(reference, 1),
         "speedup": round(ours / reference, 2),
+        "speedup_torch_ops": round(torch_path / reference, 2),
         "target_speedup_cpu": 5.0,
         "target_views_per_s_h100": 30000,
     }, indent=2))

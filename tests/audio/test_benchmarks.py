@@ -121,6 +121,7 @@ def test_vision_augment_throughput_reports_both_sides() -> None:
         "--batch-size", "8", "--images", "16", "--workers", "1",
     )
     assert report["benchmark"] == "vision_augment_throughput" and report["ours_views_per_s"] > 0
+    assert report["ours_torch_ops_views_per_s"] > 0 and report["commit"]
     assert report["speedup"] == pytest.approx(report["ours_views_per_s"] / report["reference_views_per_s"], rel=0.02)
 
 

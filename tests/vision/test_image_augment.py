@@ -10,6 +10,7 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from aivision import augment_native
 from aivision.augment import (
     ImageAugment,
     ImageAugmentConfig,
@@ -86,8 +87,8 @@ def test_blur_matches_torchvision_for_each_examples_sigma():
     x = colourful(3, 32, seed=3)
     sigma = torch.tensor([0.5, 1.0, 2.0])
     got = gaussian_blur(x, sigma, torch.tensor([True, True, False]))
-    radius = math.ceil(3 * 1.0)  # 3 sigma of the largest active sigma (the third image is not blurred)
     for b in range(2):
+        radius = math.ceil(3 * float(sigma[b]))  # each image's own 3 sigma (the third image is not blurred)
         expected = TF.gaussian_blur(x[b], [2 * radius + 1] * 2, [float(sigma[b])] * 2)
         torch.testing.assert_close(got[b], expected, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(got[2], x[2], rtol=0, atol=0)
@@ -164,3 +165,85 @@ def test_only_the_switched_on_ops_act():
         ImageAugmentConfig(gates={"crop": "spatial"})
     with pytest.raises(ValueError, match="lacks"):
         ImageAugment(ImageAugmentConfig(), individual_space(), ImageInput(16))
+
+
+def _native_or_skip():
+    kernel = augment_native.native_kernel()
+    if kernel is None:
+        pytest.skip(f"the native augmentation kernel cannot be built here: {augment_native.native_unavailable_reason()}")
+    return kernel
+
+
+@pytest.mark.parametrize("space,descriptor,view,changes", [
+    ("groups", (1.0, 1.0), 0, {}),
+    ("groups", (1.0, 0.0), 1, {}),
+    ("groups", (0.0, 1.0), 0, {"blur_p": [1.0, 0.1], "solarize_p": [0.0, 0.2]}),
+    ("groups", (1.0, 1.0), 1, {"blur_p": [1.0, 0.1], "solarize_p": [0.0, 0.6], "jitter_p": 1.0}),
+    ("individual", (1.0, 0.0, 1.0, 0.0, 1.0), 0, {"blur_sigma": (2.0, 6.0)}),
+    ("individual", (0.0, 1.0, 0.0, 1.0, 0.0), 1, {}),
+])
+def test_native_kernel_makes_the_torch_paths_views(space, descriptor, view, changes):
+    _native_or_skip()
+    blocks = torch.rand(7, 3, 9, 13, generator=generator(13))  # patches of flat colour and sharp edges, not square
+    images = (blocks.repeat_interleave(4, dim=2).repeat_interleave(4, dim=3) * 255).to(torch.uint8)
+    output = ImageInput(21)  # odd, and cut from a non-square image
+    config = ImageAugmentConfig(space=space, **changes)
+    native = ImageAugment(config, config.build_space(), output)
+    reference = ImageAugment(ImageAugmentConfig(space=space, backend="torch", **changes), config.build_space(), output)
+    assert native.native is not None and reference.native is None
+    d = torch.tensor(descriptor)
+    got, expected = native(images, d, generator(15), view), reference(images, d, generator(15), view)
+    assert got.shape == expected.shape == (7, 3, 21, 21)
+    off = (got - expected).abs() > 1e-4
+    # Solarisation is a threshold: a pixel within rounding of 0.5 may fall either side; nothing else may differ.
+    assert float(off.float().mean()) <= (1e-3 if config.solarize_p[view] > 0 else 0.0)
+    torch.testing.assert_close(got[~off], expected[~off], atol=1e-4, rtol=0)
+
+
+def test_native_kernel_splits_the_batch_over_threads_without_changing_it():
+    kernel = _native_or_skip()
+    images = (colourful(5, 24, seed=16) * 255).to(torch.uint8)
+    augment = ImageAugment(ImageAugmentConfig(), group_space(), ImageInput(16))
+    params = augment.draw(5, 24, 24, torch.ones(2), generator(17), 0, torch.device("cpu"))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = kernel.views(images, params, 16, augment.output.mean, augment.output.std)
+        torch.set_num_threads(3)
+        three = kernel.views(images, params, 16, augment.output.mean, augment.output.std)
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(one, three, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="uint8"):
+        kernel.views(images.float(), params, 16, augment.output.mean, augment.output.std)
+
+
+def test_backend_choice_and_a_missing_compiler(monkeypatch, tmp_path, caplog):
+    with pytest.raises(ValueError, match="augment.backend"):
+        ImageAugmentConfig(backend="fast")
+    if augment_native.native_kernel() is not None:
+        native = _augment(backend="native")
+        with pytest.raises(ValueError, match="uint8"):
+            native(colourful(2, 16), torch.ones(2), generator(18))
+    monkeypatch.setattr(augment_native, "_loaded", False)
+    monkeypatch.setattr(augment_native, "_kernel", None)
+    monkeypatch.setattr(augment_native, "_reason", None)
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    with pytest.raises(RuntimeError, match="no C compiler .*augment.backend=torch"):
+        _augment(backend="native")
+    with caplog.at_level("WARNING"):
+        fallback = _augment()
+    assert fallback.native is None and "no C compiler" in caplog.text
+    images = (colourful(2, 16, seed=19) * 255).to(torch.uint8)
+    assert fallback(images, torch.ones(2), generator(20)).shape == (2, 3, 16, 16)
+
+
+def test_a_kernel_that_does_not_compile_is_named(monkeypatch, tmp_path):
+    if augment_native.native_kernel() is None:
+        pytest.skip(f"no compiler here: {augment_native.native_unavailable_reason()}")
+    broken = tmp_path / "augment_native.c"
+    broken.write_text("int augment_views( {\n")
+    monkeypatch.setattr(augment_native, "SOURCE", broken)
+    monkeypatch.setenv("AIVISION_NATIVE_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(RuntimeError, match="augment_native.c"):
+        augment_native._load()

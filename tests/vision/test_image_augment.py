@@ -174,26 +174,27 @@ def _native_or_skip():
     return kernel
 
 
-@pytest.mark.parametrize("space,descriptor,view,changes", [
-    ("groups", (1.0, 1.0), 0, {}),
-    ("groups", (1.0, 0.0), 1, {}),
-    ("groups", (0.0, 1.0), 0, {"blur_p": [1.0, 0.1], "solarize_p": [0.0, 0.2]}),
-    ("groups", (1.0, 1.0), 1, {"blur_p": [1.0, 0.1], "solarize_p": [0.0, 0.6], "jitter_p": 1.0}),
-    ("individual", (1.0, 0.0, 1.0, 0.0, 1.0), 0, {"blur_sigma": (2.0, 6.0)}),
-    ("individual", (0.0, 1.0, 0.0, 1.0, 0.0), 1, {}),
+@pytest.mark.parametrize("space,descriptor,view,size,changes", [
+    ("groups", (1.0, 1.0), 0, 21, {}),
+    ("groups", (1.0, 0.0), 1, 21, {}),
+    ("groups", (0.0, 1.0), 0, 21, {"blur_p": [1.0, 0.1], "solarize_p": [0.0, 0.2]}),
+    ("groups", (1.0, 1.0), 1, 21, {"blur_p": [1.0, 0.1], "solarize_p": [0.0, 0.6], "jitter_p": 1.0}),
+    ("groups", (1.0, 1.0), 0, 150, {"blur_p": [1.0, 1.0]}),  # the blur's blocks of 64, whole and cut
+    ("individual", (1.0, 0.0, 1.0, 0.0, 1.0), 0, 21, {"blur_sigma": (2.0, 6.0)}),
+    ("individual", (0.0, 1.0, 0.0, 1.0, 0.0), 1, 21, {}),
 ])
-def test_native_kernel_makes_the_torch_paths_views(space, descriptor, view, changes):
+def test_native_kernel_makes_the_torch_paths_views(space, descriptor, view, size, changes):
     _native_or_skip()
     blocks = torch.rand(7, 3, 9, 13, generator=generator(13))  # patches of flat colour and sharp edges, not square
-    images = (blocks.repeat_interleave(4, dim=2).repeat_interleave(4, dim=3) * 255).to(torch.uint8)
-    output = ImageInput(21)  # odd, and cut from a non-square image
+    images = (blocks.repeat_interleave(16, dim=2).repeat_interleave(16, dim=3) * 255).to(torch.uint8)
+    output = ImageInput(size)  # odd, and cut from a non-square image
     config = ImageAugmentConfig(space=space, **changes)
     native = ImageAugment(config, config.build_space(), output)
     reference = ImageAugment(ImageAugmentConfig(space=space, backend="torch", **changes), config.build_space(), output)
     assert native.native is not None and reference.native is None
     d = torch.tensor(descriptor)
     got, expected = native(images, d, generator(15), view), reference(images, d, generator(15), view)
-    assert got.shape == expected.shape == (7, 3, 21, 21)
+    assert got.shape == expected.shape == (7, 3, size, size)
     off = (got - expected).abs() > 1e-4
     # Solarisation is a threshold: a pixel within rounding of 0.5 may fall either side; nothing else may differ.
     assert float(off.float().mean()) <= (1e-3 if config.solarize_p[view] > 0 else 0.0)

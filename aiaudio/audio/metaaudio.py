@@ -644,6 +644,8 @@ class LogMelSet:
         if not isinstance(segment_indices, slice):
             segment_indices = np.asarray(segment_indices, dtype=np.int64)
         values = np.asarray(self.segments[segment_indices])
+        if not values.flags.writeable:  # a slice of a read-only memory map: torch wants memory it may write
+            values = np.array(values)
         tensor = torch.from_numpy(values).to(device=device).to(torch.float32)
         return ((tensor - self.mean) / self.std).unsqueeze(1)
 

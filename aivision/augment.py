@@ -373,11 +373,12 @@ class ImageAugment(nn.Module):
         params = self.draw(images.shape[0], images.shape[-2], images.shape[-1], descriptor, generator, view, images.device)
         size = self.output.size
         if self.native is not None:
-            if images.device.type == "cpu" and images.dtype == torch.uint8:
+            if images.device.type == "cpu" and images.dtype == torch.uint8 and images.dim() == 4 \
+                    and images.shape[1] == 3:
                 return self.native.views(images, params, size, self.output.mean, self.output.std)
             if self.config.backend == "native":
-                raise ValueError(f"augment.backend=native takes uint8 images on the CPU, got {images.dtype} on "
-                                 f"{images.device}; set augment.backend=auto")
+                raise ValueError(f"augment.backend=native takes uint8 RGB images [B, 3, H, W] on the CPU, got "
+                                 f"{images.dtype} {list(images.shape)} on {images.device}; set augment.backend=auto")
         out = torch.empty(images.shape[0], images.shape[1], size, size, device=images.device)
         chunk = self.chunk_size if self.chunk_size > 0 and images.device.type == "cpu" else images.shape[0]
         for start in range(0, images.shape[0], chunk):

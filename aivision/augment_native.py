@@ -58,8 +58,13 @@ def _build(compiler: str) -> Path:
     target = cache_dir() / f"augment_native_{key.hexdigest()[:16]}.so"
     if target.exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as work:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        work_dir = tempfile.TemporaryDirectory(dir=target.parent)
+    except OSError as error:
+        raise RuntimeError(f"cannot write the kernel cache {target.parent} ({error}); set AIVISION_NATIVE_CACHE to a "
+                           "writable folder") from error
+    with work_dir as work:
         partial = Path(work) / target.name
         result = subprocess.run([compiler, *FLAGS, "-o", str(partial), str(SOURCE), "-lm"], capture_output=True,
                                 text=True, timeout=300)
@@ -73,10 +78,11 @@ def _load() -> NativeKernel:
     compiler = os.environ.get("CC") or "cc"
     if shutil.which(compiler) is None:
         raise RuntimeError(f"no C compiler {compiler!r} on PATH (install gcc, or set CC)")
+    path = _build(compiler)
     try:
-        library = ctypes.CDLL(str(_build(compiler)))
+        library = ctypes.CDLL(str(path))
     except OSError as error:
-        raise RuntimeError(f"the compiled kernel would not load: {error}") from error
+        raise RuntimeError(f"the compiled kernel {path} would not load: {error}") from error
     return NativeKernel(library)
 
 

@@ -248,3 +248,13 @@ def test_a_kernel_that_does_not_compile_is_named(monkeypatch, tmp_path):
     monkeypatch.setenv("AIVISION_NATIVE_CACHE", str(tmp_path / "cache"))
     with pytest.raises(RuntimeError, match="augment_native.c"):
         augment_native._load()
+
+
+def test_an_unwritable_kernel_cache_is_named_with_the_fix(monkeypatch, tmp_path):
+    if augment_native.native_kernel() is None:
+        pytest.skip(f"no compiler here: {augment_native.native_unavailable_reason()}")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("AIVISION_NATIVE_CACHE", str(blocker / "cache"))  # a folder below a file cannot be made
+    with pytest.raises(RuntimeError, match="AIVISION_NATIVE_CACHE"):
+        augment_native._load()

@@ -199,7 +199,8 @@ static void blur(float* view, int64_t size, float sigma, float* scratch, float* 
 
 /* Views of `batch` uint8 images [batch, 3, height, width] into `out` [batch, 3, size, size] (normalised floats).
  * Per image: box (top, left, h, w), flags (flip, jitter, grayscale, blur, solarize), jitter factors (brightness,
- * contrast, saturation, hue shift) and order (a permutation of 0-3), blur sigma. Returns 0, or -1 when out of memory. */
+ * contrast, saturation, hue shift) and order (a permutation of 0-3), blur sigma. Returns 0, or -1 when out of
+ * memory. */
 int augment_views(const uint8_t* images, int64_t batch, int64_t height, int64_t width, int64_t size,
                   const float* boxes, const uint8_t* flip, const uint8_t* jitter, const float* factors,
                   const int64_t* order, const uint8_t* grayscale, const uint8_t* blurred, const float* sigma,

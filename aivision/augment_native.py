@@ -87,7 +87,8 @@ def _load() -> NativeKernel:
 
 
 def native_kernel() -> NativeKernel | None:
-    """The kernel, built and loaded once per process; ``None`` where it cannot be (see :func:`native_unavailable_reason`)."""
+    """The kernel, built and loaded once per process; ``None`` where it cannot be (see
+    :func:`native_unavailable_reason`)."""
     global _kernel, _reason, _loaded
     if not _loaded:
         _loaded = True

@@ -76,7 +76,8 @@ def _reference_worker(images: torch.Tensor, size: int, blur_taps: int, seconds: 
 def reference_views_per_second(images: torch.Tensor, size: int, blur_taps: int, seconds: float, workers: int) -> float:
     context = mp.get_context("fork")
     queue = context.Queue()
-    processes = [context.Process(target=_reference_worker, args=(images, size, blur_taps, seconds, queue)) for _ in range(workers)]
+    processes = [context.Process(target=_reference_worker, args=(images, size, blur_taps, seconds, queue))
+                 for _ in range(workers)]
     for process in processes:
         process.start()
     results = [queue.get() for _ in processes]
@@ -142,7 +143,8 @@ def main(argv: list[str] | None = None) -> None:
         "commit": commit(),
         "machine": machine_info(device),
         "config": {"size": args.size, "storage": args.storage, "batch_size": batch, "seconds": args.seconds,
-                   "reference_workers": args.workers, "reference_blur_taps": blur_taps, "malloc_tuned": tuned, "ops": "crop, flip, jitter, grayscale, blur"},
+                   "reference_workers": args.workers, "reference_blur_taps": blur_taps, "malloc_tuned": tuned,
+                   "ops": "crop, flip, jitter, grayscale, blur"},
         "ours_views_per_s": round(ours, 1),
         "ours_torch_ops_views_per_s": round(torch_path, 1),
         "reference_views_per_s": round(reference, 1),

@@ -170,7 +170,8 @@ def test_only_the_switched_on_ops_act():
 def _native_or_skip():
     kernel = augment_native.native_kernel()
     if kernel is None:
-        pytest.skip(f"the native augmentation kernel cannot be built here: {augment_native.native_unavailable_reason()}")
+        reason = augment_native.native_unavailable_reason()
+        pytest.skip(f"the native augmentation kernel cannot be built here: {reason}")
     return kernel
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -43,7 +42,7 @@ from aiaudio.eval.episodes import Episodes, EpisodeSampler, SegmentPool
 from aiaudio.eval.learner import AmortisedFeatures, LearnerConfig, fit_episodes, run_episodes, uses_bf16
 from aiaudio.audio.clar import clar_space
 from aiaudio.nn import hyper_resnet
-from machine import commit, machine_info
+from machine import command_line, commit, machine_info
 
 TARGET_EPISODES = 10_000
 TARGET_SECONDS = 600.0
@@ -195,7 +194,7 @@ def main() -> None:
     report = {
         "benchmark": "fewshot_throughput",
         "commit": commit(),
-        "command": "python benchmarks/fewshot_throughput.py " + " ".join(sys.argv[1:]),
+        "command": command_line(__file__),
         "seed": 0,
         "machine": machine_info(device),
         "task": "5-way 1-shot, 1 query per class, invariance + linear head learned per episode",

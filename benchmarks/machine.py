@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -50,3 +51,11 @@ def commit() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+
+
+def command_line(script: str, argv: list[str] | None = None) -> str:
+    """The command that ran ``script`` (a benchmark's ``__file__``) with ``argv`` (default: this process's
+    arguments), its path relative to the repository, for a record."""
+    path = Path(script).resolve()
+    shown = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+    return " ".join(["python", str(shown), *(sys.argv[1:] if argv is None else argv)])

@@ -52,7 +52,7 @@ from aiaudio.eval.fewshot import (  # noqa: E402
 from aiaudio.eval.learner import FrozenFeatures  # noqa: E402
 from aiaudio.fewshot import FLOOR_READOUT, load_evaluation_data, mfcc_table, parse_fewshot_config  # noqa: E402
 from aiaudio.pretrain import parse_config, run_cache, run_pretrain  # noqa: E402
-from benchmarks.machine import commit, machine_info  # noqa: E402
+from benchmarks.machine import command_line, commit, machine_info  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "audio"
 INVARIANCE_KEYS = ("descriptors_per_step", "bits_power", "all_on", "min_active")
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     eval_root = generate_synthetic(work / "eval_data", num_clips=EVAL_CLIPS, seed=1, num_eval_clips=0)
     record: dict[str, Any] = {"benchmark": "pretraining_ablations", "commit": commit(),
                               "machine": machine_info(torch.device("cpu")),
-                              "command": "python benchmarks/pretraining_ablations.py " + " ".join(argv or sys.argv[1:]),
+                              "command": command_line(__file__, argv),
                               "config": {"base": "configs/audio/demo.yaml", "steps": args.steps, "batch": args.batch,
                                          "fewshot": "configs/audio/demo_fewshot.yaml"},
                               "seeds": args.seeds, "rows": []}

@@ -35,7 +35,7 @@ from aiaudio.demo import TASKS  # noqa: E402
 from aiaudio.encoder import load_encoder  # noqa: E402
 from aiaudio.eval.fewshot import FewshotEvaluator, evaluate_encoder  # noqa: E402
 from aiaudio.fewshot import load_evaluation_data, parse_fewshot_config  # noqa: E402
-from benchmarks.machine import commit, machine_info  # noqa: E402
+from benchmarks.machine import command_line, commit, machine_info  # noqa: E402
 from benchmarks.minibench.run import MinibenchConfig  # noqa: E402
 from benchmarks.pipeline import repo_path  # noqa: E402
 
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.minibench is not None:
         rows += minibench_rows(args.minibench, args.start)
     record = {"benchmark": "set_invariance_choice", "commit": commit(), "machine": machine_info(torch.device("cpu")),
-              "command": "python benchmarks/set_invariance_choice.py " + " ".join(argv or sys.argv[1:]),
+              "command": command_line(__file__, argv),
               "config": {"variants": VARIANTS}, "seeds": {"episodes": 0, "set_invariance": 0}, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n")

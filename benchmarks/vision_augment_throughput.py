@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from aiaudio.engine.runtime import resolve_device, tune_cpu_allocator  # noqa: E402
 from aivision.augment import ImageAugment, ImageAugmentConfig, ImageInput, group_space  # noqa: E402
-from machine import commit, machine_info  # noqa: E402
+from machine import command_line, commit, machine_info  # noqa: E402
 
 
 def make_images(count: int, size: int, seed: int = 0) -> torch.Tensor:
@@ -136,10 +136,9 @@ def main(argv: list[str] | None = None) -> None:
     blur_taps = args.reference_blur_taps or simclr_blur_taps(args.size)
     reference = reference_views_per_second(images[: min(len(images), 256)], args.size, blur_taps, args.seconds,
                                            args.workers)
-    command = "python benchmarks/vision_augment_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:])
     print(json.dumps({
         "benchmark": "vision_augment_throughput",
-        "command": command.strip(),
+        "command": command_line(__file__, argv),
         "commit": commit(),
         "machine": machine_info(device),
         "config": {"size": args.size, "storage": args.storage, "batch_size": batch, "seconds": args.seconds,

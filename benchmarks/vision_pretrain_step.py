@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from aiaudio.engine.runtime import resolve_device  # noqa: E402
 from aivision.pretraining import build_pretrainer, parse_config  # noqa: E402
-from machine import commit, machine_info  # noqa: E402
+from machine import command_line, commit, machine_info  # noqa: E402
 from pretrain_step import time_pretrainer  # noqa: E402
 
 
@@ -66,7 +66,7 @@ def main() -> None:
     if cuda:
         torch.backends.cudnn.benchmark = True
     report = {"benchmark": "vision_pretrain_step", "commit": commit(),
-              "command": " ".join(["python benchmarks/vision_pretrain_step.py", *sys.argv[1:]]),
+              "command": command_line(__file__),
               "machine": machine_info(device), "steps": args.steps, "warmup": args.warmup, "size": size,
               "precision": "bf16 autocast, channels_last" if cuda else "fp32", "families": {}}
     for family, members in pairs(cuda):

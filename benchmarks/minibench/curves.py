@@ -29,7 +29,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from aiaudio.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict  # noqa: E402
 from aiaudio.eval.fewshot import JOINTLY_READOUT  # noqa: E402
-from benchmarks.machine import commit, machine_info  # noqa: E402
+from benchmarks.machine import command_line, commit, machine_info  # noqa: E402
 from benchmarks.minibench.run import MODELS, MinibenchConfig, fewshot  # noqa: E402
 from benchmarks.pipeline import repo_path  # noqa: E402
 
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     record = {"benchmark": "minibench_curves", "commit": commit(), "machine": machine_info(torch.device("cpu")),
-              "command": "python benchmarks/minibench/curves.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "command": command_line(__file__, argv),
               "config": to_dict(config), "overrides": list(CURVE_OVERRIDES),
               "seeds": {"pretraining": "the configs' trainer.seed", "episodes": "the configs' episodes.seed"},
               "rows": rows}
